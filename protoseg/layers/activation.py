@@ -1,0 +1,127 @@
+"""Element-wise layers: ReLU (leaky), PReLU, Sigmoid, TanH, AbsVal, Power, Dropout (identity at test)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from protoseg.layers.base import Converter, Shape, register
+
+
+class ReLU(nn.Module):
+    def __init__(self, negative_slope: float):
+        super().__init__()
+        self.negative_slope = negative_slope
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.negative_slope == 0:
+            return F.relu(x)
+        return F.leaky_relu(x, self.negative_slope)
+
+    def extra_repr(self) -> str:
+        return f"negative_slope={self.negative_slope}" if self.negative_slope else ""
+
+
+@register("ReLU")
+class ReLUConverter(Converter):
+    preserves_coords = True
+
+    def module(self, blobs: list) -> nn.Module:
+        return ReLU(self.param.relu_param.negative_slope)
+
+
+class PReLU(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight: nn.Parameter | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.prelu(x, self.weight)
+
+
+@register("PReLU")
+class PReLUConverter(Converter):
+    preserves_coords = True
+
+    def blob_shapes(self, shapes: list[Shape]) -> list[Shape]:
+        if self.param.prelu_param.channel_shared:
+            return [(1,)]
+        if len(shapes[0]) < 2:
+            raise self.shape_error(f"needs a bottom with a channel axis, got {shapes[0]}")
+        return [(shapes[0][1],)]
+
+    def module(self, blobs: list) -> nn.Module:
+        m = PReLU()
+        m.weight = blobs[0]
+        return m
+
+
+class Elementwise(nn.Module):
+    """One torch function of one tensor, named for ``gm.code`` readers."""
+
+    def __init__(self, fn: str):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return getattr(torch, self.fn)(x)
+
+    def extra_repr(self) -> str:
+        return self.fn
+
+
+_ELEMENTWISE = {"Sigmoid": "sigmoid", "TanH": "tanh", "AbsVal": "abs"}
+
+
+@register(*_ELEMENTWISE)
+class ElementwiseConverter(Converter):
+    preserves_coords = True
+
+    def module(self, blobs: list) -> nn.Module:
+        return Elementwise(_ELEMENTWISE[self.type])
+
+
+class Power(nn.Module):
+    """Caffe's Power: ``(shift + scale * x) ** power``."""
+
+    def __init__(self, power: float, scale: float, shift: float):
+        super().__init__()
+        self.power, self.scale, self.shift = power, scale, shift
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x
+        if self.scale != 1.0:
+            y = y * self.scale
+        if self.shift != 0.0:
+            y = y + self.shift
+        if self.power != 1.0:
+            y = torch.pow(y, self.power)
+        return y
+
+    def extra_repr(self) -> str:
+        return f"power={self.power}, scale={self.scale}, shift={self.shift}"
+
+
+@register("Power")
+class PowerConverter(Converter):
+    preserves_coords = True
+
+    def module(self, blobs: list) -> nn.Module:
+        p = self.param.power_param
+        return Power(p.power, p.scale, p.shift)
+
+
+class Identity(nn.Module):
+    """Dropout at test time: Caffe scales at training time, so the test-time forward is the identity."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+@register("Dropout")
+class DropoutConverter(Converter):
+    preserves_coords = True
+
+    def module(self, blobs: list) -> nn.Module:
+        return Identity()

@@ -1,0 +1,203 @@
+"""Normalisation layers: BatchNorm (+ Scale), PSPNet's BN, and LRN.
+
+Caffe's BatchNorm keeps *unnormalised* running sums: blobs are (mean * f, var * f, f), so the statistics are
+``blob / f`` with ``f == 0`` meaning zero statistics (BVLC's ``scale_factor == 0 ? 0 : 1 / f``); ``eps`` is added
+to the variance before the square root. The learned affine part lives in a following Scale layer.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from protoseg.layers.base import Converter, Shape, register
+
+
+class BatchNorm(nn.Module):
+    """``(x - mean / f) / sqrt(var / f + eps)``, or batch statistics when ``use_global_stats`` is false."""
+
+    def __init__(self, eps: float, use_global_stats: bool):
+        super().__init__()
+        self.eps, self.use_global_stats = eps, use_global_stats
+        self.mean: nn.Parameter | None = None
+        self.variance: nn.Parameter | None = None
+        self.scale_factor: nn.Parameter | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = [1, x.shape[1]] + [1] * (x.dim() - 2)
+        if self.use_global_stats:
+            f = self.scale_factor[0]
+            inv = torch.where(f == 0, torch.zeros_like(f), 1.0 / f)
+            mean, var = self.mean * inv, self.variance * inv
+        else:  # Caffe's training-mode forward: biased statistics of this batch
+            dims = [0] + list(range(2, x.dim()))
+            mean = x.mean(dim=dims)
+            var = (x - mean.reshape(shape)).pow(2).mean(dim=dims)
+        return (x - mean.reshape(shape)) / torch.sqrt(var.reshape(shape) + self.eps)
+
+    def extra_repr(self) -> str:
+        return f"eps={self.eps}, use_global_stats={self.use_global_stats}"
+
+
+@register("BatchNorm")
+class BatchNormConverter(Converter):
+    preserves_coords = True
+
+    def setup(self) -> None:
+        p = self.param.batch_norm_param
+        # Caffe: use_global_stats defaults to (phase == TEST); protoseg builds TEST nets.
+        self.use_global_stats = p.use_global_stats if p.HasField("use_global_stats") else True
+        self.eps = p.eps
+
+    def blob_shapes(self, shapes: list[Shape]) -> list[Shape]:
+        c = shapes[0][1]
+        return [(c,), (c,), (1,)]
+
+    def module(self, blobs: list) -> nn.Module:
+        m = BatchNorm(self.eps, self.use_global_stats)
+        m.mean, m.variance, m.scale_factor = blobs
+        return m
+
+
+class Scale(nn.Module):
+    """``x * scale (+ bias)``, the scale broadcast over the axes starting at ``axis``."""
+
+    def __init__(self, axis: int, shape: tuple[int, ...]):
+        super().__init__()
+        self.axis, self.shape = axis, shape
+        self.weight: nn.Parameter | None = None
+        self.bias: nn.Parameter | None = None
+
+    def _broadcast(self, t: torch.Tensor, ndim: int) -> torch.Tensor:
+        return t.reshape((1,) * self.axis + tuple(t.shape) + (1,) * (ndim - self.axis - t.dim()))
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        scale = self.weight if scale is None else scale
+        y = x * self._broadcast(scale, x.dim())
+        if self.bias is not None:
+            y = y + self._broadcast(self.bias, x.dim())
+        return y
+
+    def extra_repr(self) -> str:
+        return f"axis={self.axis}, shape={self.shape}"
+
+
+@register("Scale")
+class ScaleConverter(Converter):
+    """Caffe's ScaleLayer: one bottom with a learned scale blob, or two bottoms (the second is the scale)."""
+    preserves_coords = True
+
+
+    bottoms = (1, 2)
+
+    def setup(self) -> None:
+        p = self.param.scale_param
+        self.bias_term = p.bias_term
+        self.raw_axis, self.num_axes = p.axis, p.num_axes
+        if self.num_axes < -1:
+            raise self.error(f"num_axes {self.num_axes} must be -1 or more")
+
+    def _scale_shape(self, shapes: list[Shape]) -> tuple[int, tuple[int, ...]]:
+        x = shapes[0]
+        if len(shapes) == 2:
+            s = shapes[1]
+            axis = self.axis(self.raw_axis, len(x)) if len(s) else 0
+            if tuple(x[axis : axis + len(s)]) != tuple(s):
+                raise self.shape_error(f"scale bottom {s} does not match {x} from axis {axis}")
+            return axis, tuple(s)
+        axis = self.axis(self.raw_axis, len(x))
+        end = len(x) if self.num_axes == -1 else axis + self.num_axes
+        if end > len(x):
+            raise self.shape_error(f"num_axes {self.num_axes} from axis {axis} exceeds the bottom's {len(x)} axes")
+        return axis, tuple(x[axis:end])
+
+    def infer(self, shapes: list[Shape]) -> list[Shape]:
+        self.resolved = self._scale_shape(shapes)
+        return [shapes[0]]
+
+    def blob_shapes(self, shapes: list[Shape]) -> list[Shape]:
+        _, shape = self._scale_shape(shapes)
+        blobs = [] if len(shapes) == 2 else [shape]
+        return blobs + [shape] if self.bias_term else blobs
+
+    def module(self, blobs: list) -> nn.Module:
+        m = Scale(*self.resolved)
+        blobs = list(blobs)
+        if len(self.param.bottom) == 1:
+            m.weight = blobs.pop(0)
+        if self.bias_term:
+            m.bias = blobs.pop(0)
+        return m
+
+
+class AffineNorm(nn.Module):
+    """PSPNet's BN at inference: ``(x - mean) / sqrt(var + eps) * slope + bias``, blobs shaped 1 x C x 1 x 1."""
+
+    def __init__(self, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.slope: nn.Parameter | None = None
+        self.bias: nn.Parameter | None = None
+        self.mean: nn.Parameter | None = None
+        self.variance: nn.Parameter | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / torch.sqrt(self.variance + self.eps) * self.slope + self.bias
+
+    def extra_repr(self) -> str:
+        return f"eps={self.eps}"
+
+
+@register("BN")
+class BNConverter(Converter):
+    """PSPNet's fork BN layer (blobs slope, bias, mean, variance); inference always uses the stored statistics."""
+    preserves_coords = True
+
+
+    def setup(self) -> None:
+        self.eps = self.param.bn_param.eps
+
+    def blob_shapes(self, shapes: list[Shape]) -> list[Shape]:
+        c = shapes[0][1]
+        return [(1, c, 1, 1)] * 4
+
+    def module(self, blobs: list) -> nn.Module:
+        m = AffineNorm(self.eps)
+        m.slope, m.bias, m.mean, m.variance = blobs
+        return m
+
+
+class LRN(nn.Module):
+    """Caffe's LRN. Across channels: ``x / (k + alpha/n * sum x^2)^beta``; within: ``x / (1 + alpha * avg x^2)^beta``."""
+
+    def __init__(self, size: int, alpha: float, beta: float, k: float, within: bool):
+        super().__init__()
+        self.size, self.alpha, self.beta, self.k, self.within = size, alpha, beta, k, within
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.within:
+            return F.local_response_norm(x, self.size, self.alpha, self.beta, self.k)
+        pad = (self.size - 1) // 2
+        avg = F.avg_pool2d(x * x, self.size, 1, pad, ceil_mode=True, count_include_pad=True)
+        return x * torch.pow(1.0 + self.alpha * avg, -self.beta)
+
+    def extra_repr(self) -> str:
+        region = "WITHIN_CHANNEL" if self.within else "ACROSS_CHANNELS"
+        return f"{region}, size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
+
+
+@register("LRN")
+class LRNConverter(Converter):
+    preserves_coords = True
+
+    def setup(self) -> None:
+        p = self.param.lrn_param
+        if p.local_size % 2 == 0:
+            raise self.error(f"local_size {p.local_size} must be odd (Caffe's rule)")
+        self.size, self.alpha, self.beta, self.k = p.local_size, p.alpha, p.beta, p.k
+        self.within = type(p).NormRegion.Name(p.norm_region) == "WITHIN_CHANNEL"
+
+    def module(self, blobs: list) -> nn.Module:
+        return LRN(self.size, self.alpha, self.beta, self.k, self.within)
+

@@ -1,0 +1,101 @@
+"""Parity with real Caffe: every case of ``../shared/fixtures`` through ``verify`` and ``info``.
+
+Layer cases carry a Caffe-written caffemodel; net cases describe their weights by a manifest that
+``materialize.py`` turns into a caffemodel (v2, hdf5 and, where the format can hold the net, v1).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import warnings
+from pathlib import Path
+
+import pytest
+
+from protoseg.errors import UnsupportedLayerError
+from protoseg.info import describe
+from protoseg.layers import converter_for
+from protoseg.verify import format_report, verify_files
+from tests.conftest import FIXTURES, SHARED
+
+
+def _cases(kind: str) -> list[Path]:
+    root = FIXTURES / kind
+    return sorted(p for p in root.iterdir() if (p / "case.json").exists()) if root.exists() else []
+
+
+def _case(path: Path) -> dict:
+    return json.loads((path / "case.json").read_text())
+
+
+def _prototxt(path: Path, case: dict) -> Path:
+    return path / case["prototxt"] if (path / case["prototxt"]).exists() else SHARED / case["prototxt"]
+
+
+def _check(report, case: dict) -> None:
+    assert report.ok, "\n" + format_report(report)
+    assert set(case["compared"]) <= {b.blob for b in report.blobs}
+
+
+@pytest.mark.parametrize("path", _cases("layers"), ids=lambda p: p.name)
+def test_layer_case_matches_caffe(path: Path) -> None:
+    case = _case(path)
+    run = lambda: verify_files(path / case["prototxt"], path / case["weights"], path / case["reference"],  # noqa: E731
+                               defines=case.get("defines"), rtol=case["rtol"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if path.name == "densecrf" and converter_for("DenseCRF") is None:
+            with pytest.raises(UnsupportedLayerError, match="DenseCRF"):
+                run()
+            return
+        _check(run(), case)
+
+
+@pytest.mark.parametrize("path", _cases("layers"), ids=lambda p: p.name)
+def test_layer_case_weights_match_prototxt(path: Path) -> None:
+    case = _case(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if converter_for("DenseCRF") is None and path.name == "densecrf":
+            pytest.skip("DenseCRF is not converted yet")
+        summary = describe(path / case["prototxt"], path / case["weights"])
+    assert summary["weights"]["ok"], summary["weights"]["problems"]
+
+
+def _materialize():
+    spec = importlib.util.spec_from_file_location("materialize", FIXTURES / "materialize.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("path", _cases("nets"), ids=lambda p: p.name)
+def test_net_case_matches_caffe(path: Path, tmp_path: Path) -> None:
+    """Verify in the Caffe's own format; then ``info`` must accept the same weights as v2, hdf5 and v1."""
+    case = _case(path)
+    materialize = _materialize()
+    manifest = json.loads((path / "manifest.json").read_text())
+    layers, types = materialize.weights(manifest)
+    unique = sum(math.prod(e["shape"]) for e in manifest if "share" not in e)
+    prototxt = _prototxt(path, case)
+    formats = ["v2", "hdf5"]
+    if all(t in materialize.V1_TYPES or e is not None for t, e in types.values()):
+        formats.insert(0, "v1")
+    native = "v1" if case["caffe"] == "deeplab-v1" else "v2"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for fmt in formats:
+            weights = tmp_path / f"weights.{fmt}"
+            if fmt == "hdf5":
+                materialize.write_hdf5(weights, layers)
+            else:
+                materialize.write_binary(weights, layers, types, fmt)
+            summary = describe(prototxt, weights, defines=case.get("defines"))
+            assert summary["weights"]["ok"], (fmt, summary["weights"]["problems"])
+            assert summary["total_params"] == unique
+            if fmt == native:
+                _check(verify_files(prototxt, weights, path / case["reference"], defines=case.get("defines"),
+                                    rtol=case["rtol"]), case)
+            weights.unlink()
