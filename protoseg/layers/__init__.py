@@ -3,6 +3,7 @@
 from protoseg.layers import (  # noqa: F401  (registration happens on import)
     activation,
     conv,
+    crf,
     crop,
     data,
     eltwise,

@@ -39,6 +39,15 @@ class DataConverter(Converter):
             out.append(tuple(shape))
         return out
 
+    def _per_top(self, shapes: list[Shape]) -> list[Shape]:
+        """Caffe's rule for Input and DummyData: one shape for every top, or one per top."""
+        n = len(self.param.top)
+        if len(shapes) == 1:
+            return shapes * n
+        if len(shapes) != n:
+            raise self.error(f"gives {len(shapes)} shapes for {n} tops; give one, or one per top")
+        return shapes
+
     def _crop(self) -> int | None:
         t = self.param.transform_param
         return t.crop_size if t.HasField("crop_size") and t.crop_size > 0 else None
@@ -57,13 +66,7 @@ class DataConverter(Converter):
 @register("Input")
 class InputConverter(DataConverter):
     def declared(self) -> list[Shape | None]:
-        shapes = [tuple(s.dim) for s in self.param.input_param.shape]
-        n = len(self.param.top)
-        if len(shapes) == 1:
-            return shapes * n
-        if len(shapes) != n:
-            raise self.error(f"gives {len(shapes)} shapes for {n} tops; give one, or one per top")
-        return shapes
+        return self._per_top([tuple(s.dim) for s in self.param.input_param.shape])
 
 
 @register("Data", "ImageData", "ImageSegData", "WindowData", "HDF5Data", "Python", "MatRead")
@@ -92,9 +95,4 @@ class DummyDataConverter(DataConverter):
             shapes = [tuple(s.dim) for s in p.shape]
         else:
             shapes = [tuple(dims) for dims in zip(p.num, p.channels, p.height, p.width)]
-        n = len(self.param.top)
-        if len(shapes) == 1:
-            return shapes * n
-        if len(shapes) != n:
-            raise self.error(f"gives {len(shapes)} shapes for {n} tops; give one, or one per top")
-        return shapes
+        return self._per_top(shapes)
