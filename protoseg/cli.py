@@ -131,6 +131,138 @@ def convert(prototxt: Path, weights: Path, output: Path | None, fmt: str, define
         click.echo(f"wrote {path}")
 
 
+def _segmenter(spec: Sequence[str], weights: Path | None, *, defines, mean: str | None, crf: str | None,
+               device: str) -> tuple[object, list[str]]:
+    """Open ``MODEL | NET.prototxt WEIGHTS`` from the head of ``spec``; returns it and the rest of ``spec``."""
+    from protoseg import zoo
+    from protoseg.run.predict import Segmenter
+    from protoseg.run.preprocess import parse_mean
+
+    if not spec:
+        raise ProtosegError("give a model: a converted .pt2 file, NET.prototxt WEIGHTS, or a zoo name with --weights")
+    first, rest = spec[0], list(spec[1:])
+    means = parse_mean(mean) if mean is not None else None
+    common = dict(crf=crf, device=device)
+    if first.lower().endswith(".pt2"):
+        if weights is not None:
+            raise ProtosegError(f"{first}: a .pt2 file holds its own weights; drop --weights")
+        return Segmenter.from_pt2(first, mean=means, **common), rest
+    if first.lower().endswith((".prototxt", ".pbtxt")) or Path(first).is_file():
+        if weights is None:
+            if not rest:
+                raise ProtosegError(f"{first}: give the caffemodel after the prototxt (NET.prototxt WEIGHTS)")
+            weights, rest = Path(rest[0]), rest[1:]
+        return Segmenter.from_caffe(first, weights, defines=defines, mean=means, **common), rest
+    entry = zoo.get(first)  # raises, listing the known names, for anything else
+    if weights is None:
+        raise ProtosegError(
+            f"zoo model {entry.name!r} needs --weights FILE.caffemodel; download it from {entry.url}"
+            + (f" (the archive holds {entry.archive_member})" if entry.archive_member else "")
+        )
+    return Segmenter.from_zoo(entry.name, weights, mean=means, **common), rest
+
+
+model_options = [
+    click.option("--weights", "-w", type=click.Path(path_type=Path), help="The caffemodel of a zoo MODEL."),
+    define_option,
+    click.option("--mean", metavar="B,G,R", help="Mean subtracted from 0-255 BGR pixels; overrides the prototxt. "
+                 "Needed for .pt2 files and Input-layer nets outside the zoo."),
+    click.option("--batch-size", "-b", type=click.IntRange(min=1), default=1, show_default=True,
+                 help="Images per forward pass (only images of one input size are batched together)."),
+    click.option("--crf", metavar="PRESET", help="Refine labels with DeepLab's DenseCRF using a preset of "
+                 "protoseg.crf.PRESETS (e.g. deeplab_v2_resnet101)."),
+    click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cuda or cuda:1."),
+]
+
+
+def _with_model_options(fn):
+    for option in reversed(model_options):
+        fn = option(fn)
+    return fn
+
+
+@cli.command()
+@click.argument("args", nargs=-1, required=True, metavar="(MODEL | NET.prototxt WEIGHTS) IMAGE_OR_DIR...")
+@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for the results (created if needed).")
+@_with_model_options
+@click.option("--palette", default="voc", show_default=True,
+              help="Label colours: 'voc', a palette PNG, or a text file of 'R G B' lines.")
+@click.option("--save-scores", is_flag=True, help="Also write each image's C x H x W scores as NAME_scores.npy.")
+@click.option("--force", is_flag=True, help="Overwrite existing result files.")
+def run(args, out_dir: Path, weights, defines, mean, batch_size: int, crf, device: str, palette: str,
+        save_scores: bool, force: bool) -> None:
+    """Segment images: NAME.png (palette labels), NAME_overlay.jpg, and optionally scores and CRF labels.
+
+    MODEL is a .pt2 written by 'protoseg convert' (with --mean), or a zoo name with --weights.
+    """
+    from protoseg.run.palette import load_palette
+    from protoseg.run.predict import check_free, collect_images, planned_outputs, write_prediction
+
+    seg, rest = _segmenter(args, weights, defines=defines, mean=mean, crf=crf, device=device)
+    if not rest:
+        raise ProtosegError("give at least one image file or folder after the model")
+    images = collect_images(rest)
+    pal = load_palette(palette)
+    check_free((p for img in images for p in planned_outputs(out_dir, img.stem, save_scores=save_scores,
+                                                               crf=crf is not None).values()), force=force)
+    count = 0
+    for pred in seg.predict(images, batch_size=batch_size, progress=True):
+        written = write_prediction(pred, out_dir, palette=pal, save_scores=save_scores)
+        count += len(written)
+        click.echo(f"{pred.name}: {', '.join(p.name for p in written)}")
+    click.echo(f"wrote {count} files to {out_dir}")
+
+
+@cli.command(name="eval")
+@click.argument("args", nargs=-1, required=True, metavar="(MODEL | NET.prototxt WEIGHTS)")
+@click.option("--dataset", type=click.Path(path_type=Path), required=True,
+              help="VOC year folder holding JPEGImages/, SegmentationClass/ and ImageSets/Segmentation/.")
+@click.option("--split", default="val", show_default=True, help="ImageSets/Segmentation/<split>.txt")
+@click.option("--limit", type=click.IntRange(min=1), help="Score only the first N images of the split.")
+@_with_model_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (with the confusion matrix).")
+def eval_(args, dataset: Path, split: str, limit: int | None, weights, defines, mean, batch_size: int, crf,
+          device: str, as_json: bool) -> None:
+    """Mean IoU, per-class IoU and pixel accuracy on a VOC-layout dataset (the devkit's definitions)."""
+    from protoseg import zoo
+    from protoseg.run.metrics import voc_pairs
+    from protoseg.run.predict import evaluate
+
+    seg, rest = _segmenter(args, weights, defines=defines, mean=mean, crf=crf, device=device)
+    if rest:
+        raise ProtosegError(f"unexpected argument(s) {' '.join(rest)}; eval takes a model and --dataset")
+    pairs = voc_pairs(dataset, split)[:limit]
+    cm = evaluate(seg, pairs, batch_size=batch_size, progress=True)
+    names = seg.categories or (list(zoo.VOC_CLASSES) if cm.num_classes == len(zoo.VOC_CLASSES) else
+                               [str(i) for i in range(cm.num_classes)])
+    iou = cm.iou()
+    if as_json:
+        summary = cm.summary()
+        summary.update(images=len(pairs), split=split, classes=names, confusion_matrix=cm.matrix.tolist(),
+                       crf=crf)
+        click.echo(json.dumps(summary, indent=1))
+        return
+    click.echo(f"{len(pairs)} images of {dataset} ({split}){' with CRF ' + crf if crf else ''}")
+    click.echo(f"mean IoU        {100 * cm.mean_iou():6.2f}%")
+    click.echo(f"pixel accuracy  {100 * cm.pixel_accuracy():6.2f}%")
+    click.echo(f"mean class acc. {100 * cm.mean_class_accuracy():6.2f}%")
+    width = max(len(n) for n in names)
+    for name, value in zip(names, iou):
+        click.echo(f"  {name.ljust(width)}  {'   n/a' if value != value else f'{100 * value:6.2f}'}")
+
+
+@cli.command()
+@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("protoseg-demo"), show_default=True, help="Folder for the masks and overlays.")
+@click.option("--force", is_flag=True, help="Overwrite the results of an earlier run.")
+def demo(out_dir: Path, force: bool) -> None:
+    """Run the bundled tiny FCN (no download) on the bundled images and score it against their labels."""
+    from protoseg.run.demo import run_demo
+
+    run_demo(out_dir, force=force, echo=click.echo)
+
+
 def _format_warning(message, category, filename, lineno, file=None, line=None) -> str:
     return f"protoseg: warning: {message}\n"
 

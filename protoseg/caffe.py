@@ -1,0 +1,288 @@
+"""A pycaffe-shaped façade over the converted graph, so an evaluation script written for Caffe runs with one
+changed import: ``from protoseg import caffe``.
+
+What is supported is the inference subset the FCN and DeepLab scripts use::
+
+    net = caffe.Net("deploy.prototxt", "weights.caffemodel", caffe.TEST)   # also Net(p, caffe.TEST, weights=w)
+    net.blobs["data"].reshape(1, *img.shape)
+    net.blobs["data"].data[...] = img
+    net.forward()                       # or net.forward(data=img) -> {output: array}
+    labels = net.blobs["score"].data[0].argmax(0)
+
+After a forward every blob (every layer's top, with the value Caffe shows: the last write of an in-place blob)
+is in ``net.blobs``. ``net.params[layer][i].data`` are the weights themselves: writing to them changes the net.
+A net built without weights has zero parameters (Caffe would run its fillers). ``TRAIN`` only selects the
+prototxt's TRAIN include/exclude rules: the forward is always the inference one (Dropout is the identity), and
+there is no backward.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections import OrderedDict
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from protoseg.errors import ProtosegError, ProtosegWarning
+
+__all__ = ["TRAIN", "TEST", "Net", "Blob", "set_mode_cpu", "set_mode_gpu", "set_device"]
+
+#: Phase constants with pycaffe's values (``caffe_pb2.Phase``).
+TRAIN = 0
+TEST = 1
+_PHASE_NAMES = {TRAIN: "TRAIN", TEST: "TEST"}
+
+_MODE = {"gpu": False, "device": 0}
+
+
+def set_mode_cpu() -> None:
+    """Run nets created or forwarded after this on the CPU."""
+    _MODE["gpu"] = False
+
+
+def set_mode_gpu() -> None:
+    """Run on CUDA device ``set_device(i)`` (default 0); falls back to the CPU with a warning without CUDA."""
+    if not torch.cuda.is_available():
+        warnings.warn("caffe.set_mode_gpu(): no CUDA device is available to PyTorch; running on the CPU",
+                      ProtosegWarning, stacklevel=2)
+        _MODE["gpu"] = False
+        return
+    _MODE["gpu"] = True
+
+
+def set_device(device_id: int) -> None:
+    """Choose the CUDA device for GPU mode, as ``caffe.set_device``."""
+    _MODE["device"] = int(device_id)
+
+
+def _device() -> torch.device:
+    return torch.device(f"cuda:{_MODE['device']}") if _MODE["gpu"] else torch.device("cpu")
+
+
+class Blob:
+    """A named array, as pycaffe's ``Blob``: ``data`` is a writable float32 numpy array."""
+
+    def __init__(self, data: np.ndarray) -> None:
+        self.data = data
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+    @property
+    def count(self) -> int:
+        return int(self.data.size)
+
+    def _legacy(self, axis: int) -> int:
+        shape = (1,) * (4 - self.data.ndim) + self.shape if self.data.ndim < 4 else self.shape
+        return int(shape[axis])
+
+    num = property(lambda self: self._legacy(0))
+    channels = property(lambda self: self._legacy(1))
+    height = property(lambda self: self._legacy(2))
+    width = property(lambda self: self._legacy(3))
+
+    def reshape(self, *shape: int) -> None:
+        """Give the blob a new shape (contents zeroed), as ``net.blobs['data'].reshape(1, 3, H, W)``."""
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        dims = tuple(int(d) for d in shape)
+        if not dims or min(dims) < 0:
+            raise ProtosegError(f"Blob.reshape{shape}: give non-negative dimensions, e.g. reshape(1, 3, 500, 500)")
+        if dims != self.shape:
+            self.data = np.zeros(dims, dtype=np.float32)
+
+    def __repr__(self) -> str:
+        return f"Blob{self.shape}"
+
+
+def _parse_args(args: tuple[Any, ...], weights: Any, phase: Any) -> tuple[str | None, int]:
+    """pycaffe's forms: ``Net(p, weights, phase)``, ``Net(p, phase)``, ``Net(p, phase, weights=w)``."""
+    if len(args) > 2:
+        raise TypeError(f"Net() takes at most 3 positional arguments ({len(args) + 1} given)")
+    for a in args:
+        if isinstance(a, (str, os.PathLike)):
+            if weights is not None:
+                raise TypeError("Net(): weights given twice")
+            weights = a
+        elif isinstance(a, int) and not isinstance(a, bool):
+            if phase is not None:
+                raise TypeError("Net(): phase given twice")
+            phase = a
+        else:
+            raise TypeError(f"Net(): {a!r} is neither a weights path nor a phase (caffe.TEST / caffe.TRAIN)")
+    phase = TEST if phase is None else phase
+    if phase not in _PHASE_NAMES:
+        raise ProtosegError(f"Net(): phase must be caffe.TEST ({TEST}) or caffe.TRAIN ({TRAIN}), got {phase!r}")
+    return (os.fspath(weights) if weights is not None else None), phase
+
+
+class Net:
+    """A Caffe net with pycaffe's interface, computed by protoseg's converted ``torch.fx`` graph."""
+
+    def __init__(self, prototxt: str | os.PathLike, *args: Any, weights: str | os.PathLike | None = None,
+                 phase: int | None = None, defines: Mapping[str, str] | None = None) -> None:
+        from protoseg.io.upgrade import load_net
+
+        weights, phase = _parse_args(args, weights, phase)
+        self._prototxt = os.fspath(prototxt)
+        self._netparam = load_net(prototxt, dict(defines) if defines else None, phase=_PHASE_NAMES[phase])
+        self._build()
+        self.blobs: OrderedDict[str, Blob] = OrderedDict()
+        self._init_blobs()
+        self.params: OrderedDict[str, list[Blob]] = OrderedDict()
+        self._init_params()
+        if weights is not None:
+            self.copy_from(weights)
+
+    # ------------------------------------------------------------------------------------------ structure
+    def _build(self, input_shapes: Mapping[str, Sequence[int]] | None = None) -> None:
+        from protoseg.ir import build_net
+
+        with warnings.catch_warnings():
+            # a data layer without a declared shape warns; its blob is reshaped by the caller, as in pycaffe
+            warnings.simplefilter("ignore", ProtosegWarning)
+            self._net = build_net(self._netparam, input_shapes)
+
+    @property
+    def inputs(self) -> list[str]:
+        """The blobs a caller fills: the net's input blobs (Input layer or data-layer tops the net uses)."""
+        return [self._net.caffe_name.get(i, i) for i in self._net.inputs]
+
+    @property
+    def outputs(self) -> list[str]:
+        """Blobs no layer consumes (losses and other training-only layers are left out)."""
+        return [self._net.caffe_name.get(o, o) for o in self._net.outputs]
+
+    @property
+    def layer_names(self) -> list[str]:
+        """The inference layers in order (pycaffe's ``net._layer_names`` without the data layers)."""
+        return [layer.name for layer in self._net.layers]
+
+    @property
+    def top_names(self) -> OrderedDict[str, list[str]]:
+        return OrderedDict((layer.name, list(layer.caffe_tops)) for layer in self._net.layers)
+
+    def _init_blobs(self) -> None:
+        for ssa, shape in self._net.inputs.items():
+            self.blobs[self._net.caffe_name.get(ssa, ssa)] = Blob(np.zeros(shape, dtype=np.float32))
+        for name in self._net.data_tops:  # data tops the inference graph does not use (label): shape unknown
+            self.blobs.setdefault(name, Blob(np.zeros((0,), dtype=np.float32)))
+        for layer in self._net.layers:
+            for ssa, caffe in zip(layer.tops, layer.caffe_tops):
+                if ssa == caffe:  # the last write: its shape is the blob's
+                    self.blobs[caffe] = Blob(np.zeros(layer.shapes[layer.tops.index(ssa)], dtype=np.float32))
+
+    def _init_params(self) -> None:
+        """Zero parameters shared with the graph: ``params[layer][i].data`` is the tensor's own memory."""
+        from protoseg.graph import to_graph
+
+        arrays: dict[str, list[np.ndarray]] = {}
+        for layer in self._net.layers:
+            if any(owner == (layer.name, i) for i, owner in enumerate(layer.owners)):
+                arrays[layer.name] = [np.zeros(s, dtype=np.float32) for s in layer.blob_shapes]
+        self._gm = to_graph(self._net, arrays)
+        in_graph = {t.data_ptr() for t in list(self._gm.parameters()) + list(self._gm.buffers())}
+        for layer in self._net.layers:
+            if not layer.owners:
+                continue
+            blobs = []
+            for owner in layer.owners:
+                arr = arrays[owner[0]][owner[1]]
+                if arr.size and arr.ctypes.data not in in_graph:
+                    arr.setflags(write=False)  # a converter derived its own tensor: writes would not reach it
+                blobs.append(Blob(arr))
+            self.params[layer.name] = blobs
+
+    # ------------------------------------------------------------------------------------------ weights
+    def copy_from(self, weights: str | os.PathLike) -> None:
+        """Load a caffemodel into this net's parameters (pycaffe's ``copy_from``)."""
+        from protoseg.io.weights import read_weights
+        from protoseg.params import match_weights
+
+        report = match_weights(self._net, read_weights(weights))
+        report.raise_if_bad(os.fspath(weights))
+        for layer in self._net.layers:
+            for i, owner in enumerate(layer.owners):
+                if owner != (layer.name, i):
+                    continue
+                target = self.params[layer.name][i].data
+                writable = target.flags.writeable
+                target.setflags(write=True)
+                np.copyto(target, np.asarray(report.blobs[layer.name][i], dtype=np.float32).reshape(target.shape))
+                target.setflags(write=writable)
+        if any(not b.data.flags.writeable for blobs in self.params.values() for b in blobs):
+            # derived tensors were built from the zero arrays: rebuild the graph from the loaded values
+            self._gm = self._rebuild_graph()
+
+    def _rebuild_graph(self):
+        from protoseg.graph import to_graph
+
+        arrays = {name: [b.data for b in blobs] for name, blobs in self.params.items()}
+        return to_graph(self._net, arrays)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the parameters as a binary V2 caffemodel (pycaffe's ``net.save``)."""
+        from protoseg.io.weights import write_weights
+
+        # Caffe writes every layer's blobs, shared ones repeated under each layer that uses them.
+        owned = {name: [b.data for b in blobs] for name, blobs in self.params.items()}
+        write_weights(path, owned, types={name: self._net.layer(name).type for name in owned})
+
+    # ------------------------------------------------------------------------------------------ running
+    def reshape(self) -> None:
+        """Propagate the input blobs' shapes to every blob (contents zeroed), as pycaffe's ``net.reshape()``."""
+        shapes = {name: self.blobs[name].shape for name in self.inputs}
+        self._build(shapes)
+        for layer in self._net.layers:
+            for ssa, caffe in zip(layer.tops, layer.caffe_tops):
+                if ssa == caffe:
+                    self.blobs[caffe].reshape(*layer.shapes[layer.tops.index(ssa)])
+
+    def forward(self, blobs: Sequence[str] | None = None, start: str | None = None, end: str | None = None,
+                **kwargs: np.ndarray) -> dict[str, np.ndarray]:
+        """Run the whole net on the input blobs (or the arrays given by input name) and return the outputs
+        (or, with ``end``, that layer's tops), plus any ``blobs`` named."""
+        from protoseg.verify import run_blobs
+
+        if start is not None:
+            raise ProtosegError("Net.forward(start=...): protoseg always runs the whole net; drop start=")
+        unknown = sorted(set(kwargs) - set(self.inputs))
+        if unknown:
+            raise ProtosegError(f"Net.forward(): {', '.join(unknown)} is not an input of {self._prototxt}; "
+                                f"its inputs are {', '.join(self.inputs)}")
+        for name, value in kwargs.items():
+            value = np.asarray(value, dtype=np.float32)
+            self.blobs[name].reshape(*value.shape)
+            self.blobs[name].data[...] = value
+        device = _device()
+        self._gm.to(device)
+        feeds = {ssa: torch.from_numpy(np.ascontiguousarray(self.blobs[self._net.caffe_name.get(ssa, ssa)].data,
+                                                            dtype=np.float32)).to(device)
+                 for ssa in self._net.inputs}
+        wanted = {t for layer in self._net.layers for t, c in zip(layer.tops, layer.caffe_tops) if t == c}
+        values = run_blobs(self._gm, feeds, wanted)
+        for name, tensor in values.items():
+            arr = tensor.detach().to("cpu", torch.float32).numpy()
+            blob = self.blobs[name]
+            if blob.data.shape == arr.shape and blob.data.flags.writeable:
+                np.copyto(blob.data, arr)
+            else:
+                blob.data = arr.copy()
+        if end is not None:
+            try:
+                outs = list(self._net.layer(end).caffe_tops)
+            except KeyError:
+                raise ProtosegError(f"Net.forward(end={end!r}): no such layer in the inference net") from None
+        else:
+            outs = self.outputs
+        return {name: self.blobs[name].data for name in list(outs) + list(blobs or [])}
+
+    def backward(self, *args: Any, **kwargs: Any) -> None:
+        raise ProtosegError("Net.backward(): protoseg converts nets for inference only; train in PyTorch instead")
+
+    def __repr__(self) -> str:
+        return f"<protoseg.caffe.Net {self._netparam.name!r}: {len(self._net.layers)} layers>"

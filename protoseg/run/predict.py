@@ -1,0 +1,380 @@
+"""Images in, per-class scores and label maps out: the converted net wrapped with its preprocessing.
+
+Scores always come back at the image's own size. FCN nets end in a Crop to the input and DeepLab's test nets
+in an Interp to it, so normally nothing is resized; a net whose output has another size (a DeepLab v1 net
+without its ``fc8_interp``, say) is resized bilinearly with Caffe Interp's corner alignment, with a warning.
+Padded inputs (DeepLab, fixed-size ``.pt2``) are cropped back to the image.
+
+Images are batched only with neighbours of the same input size: padding an FCN input to batch it would change
+its scores near the border.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from protoseg import zoo
+from protoseg.errors import FormatError, ProtosegError, ProtosegWarning
+from protoseg.run.preprocess import IMAGE_SUFFIXES, Preprocess, from_netparam, read_image
+
+__all__ = ["Prediction", "Segmenter", "collect_images", "write_prediction", "planned_outputs", "evaluate"]
+
+PathLike = str | os.PathLike
+
+
+@dataclass
+class Prediction:
+    """One image's result; ``scores`` are C×H×W at the image's size, ``labels`` H×W class indices."""
+
+    name: str  # the image's file stem (or a caller's name for an array)
+    image: np.ndarray  # H×W×3 uint8 RGB, as read
+    scores: np.ndarray  # float32 C×H×W, the net's raw output (no softmax)
+    labels: np.ndarray  # int64 H×W, argmax of scores
+    crf_labels: np.ndarray | None = None  # int64 H×W after DenseCRF, when asked for
+
+
+class Segmenter:
+    """A converted net with the preprocessing it was trained with; see :meth:`from_caffe`, :meth:`from_pt2`,
+    :meth:`from_zoo`."""
+
+    def __init__(
+        self,
+        module: nn.Module,
+        preprocess: Preprocess,
+        *,
+        output: str | None = None,
+        input_names: Sequence[str] = ("data",),
+        fixed_batch: int | None = None,
+        categories: Sequence[str] | None = None,
+        crf: str | None = None,
+        device: str | torch.device = "cpu",
+        name: str = "model",
+    ) -> None:
+        self.device = torch.device(device)
+        self.module = module.to(self.device)
+        try:
+            self.module.eval()
+        except NotImplementedError:  # a torch.export module: already fixed in inference mode
+            pass
+        self.preprocess = preprocess
+        self.output = output
+        self.input_names = list(input_names)
+        self.fixed_batch = fixed_batch
+        self.categories = list(categories) if categories else None
+        self.name = name
+        self.crf_params = _crf_preset(crf) if crf else None
+        self._warned_resize = False
+        extra = [n for n in self.input_names[1:] if n != "data_dim"]
+        if extra:
+            raise ProtosegError(
+                f"{name}: the net takes inputs {', '.join(self.input_names)}; protoseg feeds images to the first "
+                f"and knows no value for {', '.join(extra)} (remove that input from the prototxt)"
+            )
+
+    # ----------------------------------------------------------------------------------------- constructors
+    @classmethod
+    def from_caffe(
+        cls,
+        prototxt: PathLike,
+        weights: PathLike,
+        *,
+        defines: Mapping[str, str] | None = None,
+        mean: Sequence[float] | None = None,
+        entry: zoo.ZooModel | None = None,
+        **kwargs,
+    ) -> Segmenter:
+        """Convert ``prototxt`` + ``weights``; the mean comes from ``mean``, the data layer, or the zoo entry
+        (given, or found because ``prototxt`` is one of the zoo's own files)."""
+        from protoseg.graph import to_graph
+        from protoseg.io.upgrade import load_net
+        from protoseg.io.weights import read_weights
+        from protoseg.ir import build_net
+        from protoseg.params import match_weights
+
+        netparam = load_net(prototxt, dict(defines) if defines else None)
+        entry = entry or _zoo_entry_for(prototxt)
+        pre = from_netparam(
+            netparam,
+            prototxt=prototxt,
+            mean=mean,
+            pad_to=entry.input_size if entry is not None and entry.pad_to_input else None,
+            fallback_mean=entry.mean_bgr if entry is not None else None,
+            fallback_source=f"zoo entry {entry.name!r}" if entry is not None else "",
+        )
+        net = build_net(netparam)
+        report = match_weights(net, read_weights(weights))
+        report.raise_if_bad(str(weights))
+        gm = to_graph(net, report.blobs)
+        inputs = [net.caffe_name.get(i, i) for i in net.inputs]
+        output = kwargs.pop("output", None) or (entry.output if entry is not None else None)
+        categories = kwargs.pop("categories", None) or (entry.categories if entry is not None else None)
+        return cls(gm, pre, output=output, input_names=inputs, categories=categories,
+                   name=kwargs.pop("name", Path(prototxt).name), **kwargs)
+
+    @classmethod
+    def from_zoo(cls, name: str, weights: PathLike, *, mean: Sequence[float] | None = None, **kwargs) -> Segmenter:
+        """A registry model (``protoseg.zoo``) with its published preprocessing; ``weights`` is its caffemodel."""
+        entry = zoo.get(name)
+        return cls.from_caffe(entry.prototxt_path(), weights, mean=mean, entry=entry, name=entry.name, **kwargs)
+
+    @classmethod
+    def from_pt2(cls, path: PathLike, *, mean: Sequence[float] | None = None, **kwargs) -> Segmenter:
+        """A ``.pt2`` written by ``protoseg convert`` (loaded with ``torch.export.load`` only: no pickle).
+
+        It carries no preprocessing, so ``mean`` is required (``--mean B,G,R``). If it was exported at a fixed
+        spatial size, images are padded to that size with the mean and the scores cropped back.
+        """
+        path = Path(path)
+        if mean is None:
+            raise ProtosegError(
+                f"{path}: a .pt2 file records no preprocessing; pass --mean B,G,R (FCN and DeepLab on VOC: "
+                "104.008,116.669,122.675)"
+            )
+        try:
+            program = torch.export.load(str(path))
+        except FileNotFoundError:
+            raise FormatError(f"{path}: no such file") from None
+        except Exception as exc:  # torch.export raises a variety of types for a file that is not a .pt2
+            raise FormatError(f"{path}: cannot be loaded with torch.export.load ({type(exc).__name__}: {exc}); "
+                              "is it a .pt2 written by 'protoseg convert'?") from None
+        names, shapes = [], []
+        user_inputs = set(program.graph_signature.user_inputs)
+        for node in program.graph.nodes:
+            if node.op == "placeholder" and node.name in user_inputs:
+                names.append(node.name)
+                val = node.meta.get("val")
+                shapes.append(tuple(val.shape) if val is not None else ())
+        if not names:
+            raise FormatError(f"{path}: the exported program takes no inputs")
+        shape = shapes[0]
+        fixed = [isinstance(d, int) for d in shape]
+        pad_to = (int(shape[2]), int(shape[3])) if len(shape) == 4 and fixed[2] and fixed[3] else None
+        batch = int(shape[0]) if shape and fixed[0] else None
+        pre = Preprocess(mean=np.asarray(mean, dtype=np.float64), pad_to=pad_to, source="--mean")
+        return cls(program.module(), pre, input_names=names, fixed_batch=batch, name=path.name, **kwargs)
+
+    # ----------------------------------------------------------------------------------------- prediction
+    @torch.no_grad()
+    def predict_arrays(self, images: Sequence[np.ndarray], names: Sequence[str] | None = None) -> list[Prediction]:
+        """Predict a batch of H×W×3 uint8 RGB arrays (they must share one input size after padding)."""
+        names = list(names) if names is not None else [f"image{i}" for i in range(len(images))]
+        blobs, sizes = zip(*(self.preprocess.blob(img, name=n) for img, n in zip(images, names)))
+        batch = np.stack(blobs)
+        n_real = batch.shape[0]
+        if self.fixed_batch is not None and self.fixed_batch != n_real:
+            if n_real > self.fixed_batch:
+                raise ProtosegError(f"{self.name}: exported for batches of {self.fixed_batch}; use --batch-size "
+                                    f"{self.fixed_batch} or less")
+            batch = np.concatenate([batch, np.repeat(batch[-1:], self.fixed_batch - n_real, 0)])
+        x = torch.from_numpy(batch).to(self.device)
+        args = [x]
+        if "data_dim" in self.input_names[1:]:
+            dims = [[[[h, w]]] for h, w in sizes] + [[[list(sizes[-1])]]] * (batch.shape[0] - n_real)
+            args.append(torch.tensor(dims, dtype=torch.float32, device=self.device))
+        out = self._pick(self.module(*args))[:n_real]
+        if out.dim() != 4:
+            raise ProtosegError(f"{self.name}: output {self.output or ''} has shape {tuple(out.shape)}; "
+                                "expected per-class scores N×C×H×W")
+        if tuple(out.shape[2:]) != tuple(x.shape[2:]):
+            if not self._warned_resize:
+                warnings.warn(
+                    f"{self.name}: the net's output is {out.shape[3]}x{out.shape[2]} (WxH) but its input "
+                    f"{x.shape[3]}x{x.shape[2]}; resizing scores bilinearly (Caffe Interp alignment)",
+                    ProtosegWarning, stacklevel=2,
+                )
+                self._warned_resize = True
+            out = torch.nn.functional.interpolate(out, size=tuple(x.shape[2:]), mode="bilinear", align_corners=True)
+        results = []
+        for i, (h, w) in enumerate(sizes):
+            scores = out[i:i + 1, :, :h, :w]
+            crf_labels = None
+            if self.crf_params is not None:
+                from protoseg.crf import dense_crf
+
+                probs = dense_crf(scores, x[i:i + 1, :, :h, :w], **self.crf_params.as_kwargs())
+                crf_labels = probs[0].argmax(0).cpu().numpy()
+            scores_np = scores[0].float().cpu().numpy()
+            results.append(Prediction(names[i], images[i], scores_np, scores_np.argmax(0), crf_labels))
+        return results
+
+    def predict(
+        self,
+        images: Iterable[PathLike | np.ndarray],
+        *,
+        batch_size: int = 1,
+        progress: bool = False,
+    ) -> Iterator[Prediction]:
+        """Predict image files (or arrays) in order, ``batch_size`` at a time; a tqdm bar on a terminal if
+        ``progress``."""
+        from tqdm import tqdm
+
+        if batch_size < 1:
+            raise ProtosegError(f"--batch-size must be at least 1, got {batch_size}")
+        items = list(images)
+        bar = tqdm(total=len(items), unit="img", desc=self.name, leave=False,
+                   disable=None if progress else True)  # None: only on a terminal
+        pending: list[tuple[np.ndarray, str]] = []
+        key = None
+        try:
+            for i, item in enumerate(items):
+                if isinstance(item, np.ndarray):
+                    img, name = item, f"image{i}"
+                else:
+                    img, name = read_image(item), Path(item).stem
+                size = self.preprocess.pad_to or img.shape[:2]
+                if pending and (size != key or len(pending) >= batch_size):
+                    yield from self._flush(pending, bar)
+                    pending = []
+                key = size
+                pending.append((img, name))
+            if pending:
+                yield from self._flush(pending, bar)
+        finally:
+            bar.close()
+
+    def _flush(self, pending: list[tuple[np.ndarray, str]], bar) -> Iterator[Prediction]:
+        results = self.predict_arrays([p[0] for p in pending], [p[1] for p in pending])
+        bar.update(len(results))
+        yield from results
+
+    def _pick(self, out) -> torch.Tensor:
+        """The score tensor among the net's outputs: ``self.output`` by name, else the only/last 4-D one."""
+        if isinstance(out, torch.Tensor):
+            return out
+        if isinstance(out, Mapping):
+            if self.output is not None:
+                if self.output not in out:
+                    raise ProtosegError(f"{self.name}: no output named {self.output!r}; outputs are {', '.join(out)}")
+                return out[self.output]
+            four_d = [k for k, v in out.items() if isinstance(v, torch.Tensor) and v.dim() == 4]
+            if not four_d:
+                raise ProtosegError(f"{self.name}: none of the outputs {', '.join(out)} is N×C×H×W scores")
+            return out[four_d[-1]]
+        if isinstance(out, (list, tuple)) and out:
+            return self._pick(out[-1])
+        raise ProtosegError(f"{self.name}: the model returned {type(out).__name__}, not a score tensor")
+
+
+def _crf_preset(name: str):
+    """The DenseCRF preset ``name`` from :mod:`protoseg.crf`, with a clear error for an unknown one."""
+    from protoseg.crf import PRESETS
+
+    if name not in PRESETS:
+        raise ProtosegError(f"--crf {name!r} is not a known preset; choose one of: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def _zoo_entry_for(prototxt: PathLike) -> zoo.ZooModel | None:
+    """The zoo entry whose bundled prototxt ``prototxt`` is, so its published mean and padding apply."""
+    path = Path(prototxt)
+    for name in zoo.names():
+        entry = zoo.get(name)
+        try:
+            if path.resolve() == entry.prototxt_path().resolve():
+                return entry
+        except ProtosegError:  # that prototxt is not installed
+            continue
+    return None
+
+
+def collect_images(paths: Iterable[PathLike]) -> list[Path]:
+    """Image files named directly or found (sorted, non-recursive) in named folders; duplicates by stem refused,
+    since each one's outputs are named after it."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            inner = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+            if not inner:
+                raise FormatError(f"{p}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            found.extend(inner)
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise FormatError(f"{p}: no such image file or folder")
+    stems: dict[str, Path] = {}
+    for p in found:
+        if p.stem in stems:
+            raise ProtosegError(f"{p} and {stems[p.stem]} would write the same output files ({p.stem}.png); "
+                                "run them into separate output folders")
+        stems[p.stem] = p
+    return found
+
+
+def planned_outputs(out_dir: Path, stem: str, *, save_scores: bool, crf: bool) -> dict[str, Path]:
+    """The files :func:`write_prediction` writes for one image, by kind."""
+    files = {"labels": out_dir / f"{stem}.png", "overlay": out_dir / f"{stem}_overlay.jpg"}
+    if save_scores:
+        files["scores"] = out_dir / f"{stem}_scores.npy"
+    if crf:
+        files["crf"] = out_dir / f"{stem}_crf.png"
+    return files
+
+
+def check_free(paths: Iterable[Path], *, force: bool) -> None:
+    """Refuse to overwrite anything unless ``force``: checked for every image before the first is run."""
+    if force:
+        return
+    taken = [p for p in paths if p.exists()]
+    if taken:
+        more = f" and {len(taken) - 1} more" if len(taken) > 1 else ""
+        raise ProtosegError(f"{taken[0]}{more} already exist(s); pass --force to overwrite, or choose another -o")
+
+
+def write_prediction(pred: Prediction, out_dir: Path, *, palette: np.ndarray | None = None,
+                     save_scores: bool = False) -> list[Path]:
+    """Write a palette PNG of the labels, an overlay JPEG, and optionally the scores and CRF labels."""
+    from PIL import Image
+
+    from protoseg.run.palette import label_image, overlay
+
+    files = planned_outputs(out_dir, pred.name, save_scores=save_scores, crf=pred.crf_labels is not None)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_labels(pred.labels)
+    label_image(pred.labels, palette).save(files["labels"])
+    overlay(Image.fromarray(pred.image), pred.labels, palette).save(files["overlay"], quality=90)
+    if save_scores:
+        np.save(files["scores"], pred.scores.astype(np.float32))
+    if pred.crf_labels is not None:
+        label_image(pred.crf_labels, palette).save(files["crf"])
+    return list(files.values())
+
+
+def _check_labels(labels: np.ndarray) -> None:
+    if labels.size and labels.max() > 255:
+        raise ProtosegError(f"the net predicts class {labels.max()}; a palette PNG holds classes 0-255 only")
+
+
+def evaluate(segmenter: Segmenter, pairs: Sequence[tuple[Path, Path]], *, batch_size: int = 1,
+             progress: bool = False, num_classes: int | None = None):
+    """Score ``segmenter`` on ``(image, label PNG)`` pairs: the accumulated VOC confusion matrix."""
+    from PIL import Image
+
+    from protoseg.run.metrics import ConfusionMatrix
+    from protoseg.run.palette import labels_from_image
+
+    cm = None
+    labels_by_stem = {img.stem: lab for img, lab in pairs}
+    for pred in segmenter.predict([img for img, _ in pairs], batch_size=batch_size, progress=progress):
+        if cm is None:
+            cm = ConfusionMatrix(num_classes or pred.scores.shape[0])
+        lab_path = labels_by_stem[pred.name]
+        try:
+            with Image.open(lab_path) as im:
+                gt = labels_from_image(im)
+        except OSError as exc:
+            raise FormatError(f"{lab_path}: cannot read the label image ({exc})") from None
+        if gt.shape != pred.labels.shape:
+            raise FormatError(f"{lab_path}: label is {gt.shape[1]}x{gt.shape[0]} but its image is "
+                              f"{pred.labels.shape[1]}x{pred.labels.shape[0]}; they must match")
+        cm.update(pred.crf_labels if pred.crf_labels is not None else pred.labels, gt)
+    if cm is None:
+        raise ProtosegError("no images to evaluate")
+    return cm

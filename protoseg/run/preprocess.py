@@ -1,0 +1,198 @@
+"""Turning image files into the blob a Caffe segmentation net was trained on, and its output back to image size.
+
+Caffe's image loaders (OpenCV ``imread``) give 0..255 pixels in **BGR** order; the data layer's
+``transform_param`` then subtracts ``mean_value`` (one per channel) or a ``mean_file`` and multiplies by
+``scale``. :class:`Preprocess` records exactly that, read from the prototxt's data layer, so a net is fed what
+it saw in training.
+
+Image files are read with Pillow: grayscale is replicated to three channels, palette images are converted to
+RGB, and an alpha channel is **dropped** (the nets never saw one; the pixels are taken as they are stored, not
+composited over a background).
+
+DeepLab's test nets (an ``ImageSegData`` layer with ``crop_size``, or a zoo entry with ``pad_to_input``) see
+every image padded at the bottom and right to ``crop_size`` with the mean (zeros after mean subtraction) and
+their scores cropped back; a ``.pt2`` exported at one fixed size is fed the same way. An image larger than
+that is an error, not silently resized or cropped: DeepLab's own test script requires images no larger than
+the crop, and resizing would change what the published scores mean. FCN nets take any size as is.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from protoseg.errors import FormatError, ProtosegError
+
+__all__ = ["Preprocess", "read_image", "parse_mean", "from_netparam", "read_mean_file", "IMAGE_SUFFIXES"]
+
+#: File suffixes taken as images when a folder is given.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+
+#: Data layer types whose ``transform_param`` describes what the net is fed.
+_DATA_TYPES = ("Data", "ImageData", "ImageSegData", "WindowData", "MemoryData", "Python")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How one image becomes the net's input blob (Caffe's ``DataTransformer`` at test time)."""
+
+    mean: np.ndarray  # subtracted from 0..255 BGR pixels: shape (3,) per channel, or (3, H, W) from a mean_file
+    scale: float = 1.0  # multiplied after the mean is subtracted (transform_param.scale)
+    pad_to: tuple[int, int] | None = None  # (H, W): pad every image bottom/right with the mean to this size
+    bgr: bool = True  # Caffe's loaders give BGR; False only for nets trained on RGB
+    source: str = ""  # where the mean came from, for messages
+
+    def blob(self, image: np.ndarray, *, name: str = "image") -> tuple[np.ndarray, tuple[int, int]]:
+        """The 3×H'×W' float32 input for an H×W×3 uint8 RGB ``image``, and the image's own (H, W).
+
+        H'×W' is the image size, or ``pad_to`` when the net pads (see the module notes).
+        """
+        h, w = image.shape[:2]
+        pixels = image[..., ::-1] if self.bgr else image
+        chw = np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)
+        mean = self.mean.astype(np.float32)
+        if self.pad_to is not None:
+            ph, pw = self.pad_to
+            if h > ph or w > pw:
+                raise ProtosegError(
+                    f"{name}: image is {w}x{h} (WxH) but this net pads every image to its input size {pw}x{ph} and "
+                    "cannot take a larger one (DeepLab's test script requires image <= crop size); resize the "
+                    f"image to fit {pw}x{ph}, or raise crop_size in the prototxt"
+                )
+            padded = np.empty((3, ph, pw), dtype=np.float32)
+            padded[:] = mean if mean.ndim == 3 else mean[:, None, None]
+            padded[:, :h, :w] = chw
+            chw = padded
+        if mean.ndim == 3:
+            if mean.shape[1:] != chw.shape[1:]:
+                raise ProtosegError(
+                    f"{name}: the mean file is {mean.shape[2]}x{mean.shape[1]} (WxH) but the input is "
+                    f"{chw.shape[2]}x{chw.shape[1]}; a mean_file only fits inputs of its own size "
+                    "(pass --mean B,G,R to use a per-channel mean instead)"
+                )
+            chw -= mean
+        else:
+            chw -= mean[:, None, None]
+        if self.scale != 1.0:
+            chw *= np.float32(self.scale)
+        return chw, (h, w)
+
+    def padded(self, pad_to: tuple[int, int] | None) -> Preprocess:
+        """This preprocessing with another padding target (None: feed images at their own size)."""
+        return replace(self, pad_to=pad_to)
+
+
+def read_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """An H×W×3 uint8 RGB array of the image at ``path`` (grey replicated, palette expanded, alpha dropped)."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                raise FormatError(
+                    f"{path}: {img.mode} images (16-bit or float) are not supported; save it as an 8-bit image"
+                )
+            rgb = img.convert("RGB") if img.mode != "RGB" else img
+            return np.asarray(rgb, dtype=np.uint8).copy()
+    except FileNotFoundError:
+        raise FormatError(f"{path}: no such image file") from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise FormatError(f"{path}: cannot read as an image ({exc}); give a JPEG, PNG or other Pillow format") from None
+
+
+def parse_mean(text: str) -> np.ndarray:
+    """``--mean B,G,R`` (or one value for all channels) as a (3,) float array."""
+    try:
+        values = [float(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        values = []
+    if len(values) == 1:
+        values *= 3
+    if len(values) != 3:
+        raise ProtosegError(f"--mean {text!r}: give three numbers B,G,R (0..255 scale), e.g. 104.008,116.669,122.675")
+    return np.asarray(values, dtype=np.float64)
+
+
+def read_mean_file(path: str | os.PathLike[str]) -> np.ndarray:
+    """A binaryproto ``BlobProto`` mean (``mean_file``) as a C×H×W array."""
+    from google.protobuf.message import DecodeError
+
+    from protoseg.proto import caffe_pb2
+
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise FormatError(f"{path}: cannot read the mean_file ({exc.strerror}); check the path") from None
+    blob = caffe_pb2.BlobProto()
+    try:
+        blob.ParseFromString(data)
+    except DecodeError as exc:
+        raise FormatError(f"{path}: not a binaryproto BlobProto mean file ({exc})") from None
+    values = np.asarray(blob.data if len(blob.data) else blob.double_data, dtype=np.float64)
+    dims = tuple(blob.shape.dim) if blob.HasField("shape") else (blob.num, blob.channels, blob.height, blob.width)
+    if values.size == 0 or int(np.prod(dims)) != values.size:
+        raise FormatError(f"{path}: mean blob holds {values.size} values but its shape says {dims}")
+    arr = values.reshape(dims)
+    while arr.ndim > 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 3 or arr.shape[0] != 3:
+        raise FormatError(f"{path}: mean blob has shape {dims}; expected 3 channels (1x3xHxW)")
+    return arr
+
+
+def from_netparam(
+    netparam,
+    *,
+    prototxt: str | os.PathLike[str] = "<net>",
+    mean: np.ndarray | Sequence[float] | None = None,
+    pad_to: tuple[int, int] | None = None,
+    fallback_mean: Sequence[float] | None = None,
+    fallback_source: str = "",
+) -> Preprocess:
+    """The :class:`Preprocess` of an upgraded V2 ``NetParameter``.
+
+    ``mean`` (from ``--mean``) overrides everything; otherwise the first data layer's ``transform_param``
+    decides, and for a deploy net with an ``Input`` layer (which has none) ``fallback_mean`` (from the zoo).
+    ``pad_to`` (H, W) pads like DeepLab when the data layer has no ``crop_size`` of its own (zoo ``pad_to_input``).
+    """
+    where = str(prototxt)
+    layer = next((lp for lp in netparam.layer if lp.type in _DATA_TYPES and lp.HasField("transform_param")), None)
+    scale, crop, found, source = 1.0, None, None, ""
+    if layer is not None:
+        t = layer.transform_param
+        scale = float(t.scale) if t.HasField("scale") else 1.0
+        if t.HasField("crop_size") and t.crop_size > 0:
+            crop = (int(t.crop_size), int(t.crop_size))
+        if len(t.mean_value):
+            values = list(t.mean_value)
+            if len(values) == 1:
+                values *= 3
+            if len(values) != 3:
+                raise ProtosegError(
+                    f"{where}: layer {layer.name!r} ({layer.type}) has {len(values)} mean_value entries; "
+                    "protoseg feeds 3-channel images, so give one or three"
+                )
+            found, source = np.asarray(values, dtype=np.float64), f"layer {layer.name!r} mean_value"
+        elif t.HasField("mean_file"):
+            mean_path = Path(t.mean_file)
+            if not mean_path.is_absolute():
+                mean_path = Path(prototxt).parent / mean_path
+            found, source = read_mean_file(mean_path), f"mean_file {mean_path}"
+    if mean is not None:
+        found, source = np.asarray(mean, dtype=np.float64), "--mean"
+    elif found is None and fallback_mean is not None:
+        found, source = np.asarray(fallback_mean, dtype=np.float64), fallback_source or "the model registry"
+    if found is None:
+        raise ProtosegError(
+            f"{where}: the net has no transform_param mean (an Input-layer deploy net?) and none is known for it; "
+            "pass --mean B,G,R (FCN and DeepLab on VOC: 104.008,116.669,122.675), or --mean 0 for none"
+        )
+    if crop is None:
+        crop = pad_to
+    return Preprocess(mean=found, scale=scale, pad_to=crop, source=source)
