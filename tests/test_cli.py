@@ -186,3 +186,16 @@ def test_console_script_smoke(tiny) -> None:
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "all blobs match" in result.stdout
+
+
+def test_convert_onnx_runs_in_onnxruntime(tiny, tmp_path) -> None:
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    net, model, weights = tiny
+    out = tmp_path / "tiny.onnx"
+    assert main(["convert", str(net), str(model), "--format", "onnx", "-o", str(out)]) == 0
+    x = np.random.default_rng(1).standard_normal((1, 3, 12, 10)).astype(np.float32)
+    ref = np.load(_reference(weights, tmp_path / "ref.npz", x))
+    session = ort.InferenceSession(str(out))
+    (y,) = session.run(None, {session.get_inputs()[0].name: x})
+    assert np.allclose(y, ref["score"], atol=1e-5)
