@@ -34,6 +34,23 @@ def load_ir(
     return net, report
 
 
+def convert(
+    netparam,
+    weights: PathLike,
+    *,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    outputs: Sequence[str] | None = None,
+) -> tuple[Net, fx.GraphModule]:
+    """IR and GraphModule of an upgraded ``NetParameter`` with ``weights`` loaded.
+
+    Raises :class:`~protoseg.errors.WeightMismatchError` when the caffemodel does not fit the net.
+    """
+    net = build_net(netparam, input_shapes, outputs)
+    report = match_weights(net, read_weights(weights))
+    report.raise_if_bad(str(weights))
+    return net, to_graph(net, report.blobs)
+
+
 def load(
     prototxt: PathLike,
     weights: PathLike,
@@ -46,6 +63,5 @@ def load(
 
     Raises :class:`~protoseg.errors.WeightMismatchError` when the caffemodel does not fit the prototxt.
     """
-    net, report = load_ir(prototxt, weights, defines=defines, input_shapes=input_shapes, outputs=outputs)
-    report.raise_if_bad(str(weights))
-    return to_graph(net, report.blobs)
+    netparam = load_net(prototxt, defines)
+    return convert(netparam, weights, input_shapes=input_shapes, outputs=outputs)[1]

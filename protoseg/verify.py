@@ -17,7 +17,6 @@ import torch
 from torch import fx
 
 from protoseg.errors import FormatError
-from protoseg.graph import to_graph
 from protoseg.ir import Net
 
 DEFAULT_RTOL = 1e-4
@@ -99,9 +98,9 @@ def run_blobs(gm: fx.GraphModule, inputs: Mapping[str, torch.Tensor], wanted: se
     return recorder.values
 
 
-def verify_net(net: Net, blobs: Mapping[str, list[np.ndarray]], reference: Mapping[str, np.ndarray],
+def verify_net(net: Net, gm: fx.GraphModule, reference: Mapping[str, np.ndarray],
                rtol: float = DEFAULT_RTOL) -> VerifyReport:
-    """Compare every non-input array of ``reference`` with the blob of that name in ``net``."""
+    """Compare every non-input array of ``reference`` with the blob of that name in ``net`` (run as ``gm``)."""
     input_names = {net.caffe_name.get(i, i): i for i in net.inputs}
     missing = [name for name in input_names if name not in reference]
     if missing:
@@ -109,7 +108,6 @@ def verify_net(net: Net, blobs: Mapping[str, list[np.ndarray]], reference: Mappi
             f"the reference has no array for the net input(s) {', '.join(missing)}; "
             f"it holds: {', '.join(reference) or 'nothing'}"
         )
-    gm = to_graph(net, blobs)
     # The value Caffe shows for a blob is its last write: the SSA name equal to the Caffe name.
     order = list(net.inputs) + [t for layer in net.layers for t in layer.tops]
     writer = {t: layer for layer in net.layers for t in layer.tops}
@@ -144,18 +142,15 @@ def verify_files(prototxt, weights, reference, *, defines: Mapping[str, str] | N
                  rtol: float = DEFAULT_RTOL) -> VerifyReport:
     """``protoseg verify``: input shapes are taken from the reference's arrays named like the net's inputs."""
     from protoseg.io.upgrade import load_net
-    from protoseg.io.weights import read_weights
     from protoseg.ir import build_net
-    from protoseg.params import match_weights
+    from protoseg.loader import convert
 
     ref = read_reference(reference)
     netparam = load_net(prototxt, defines or None)
     probe = build_net(netparam)  # default shapes: only to learn the input names
     shapes = {probe.caffe_name[i]: ref[probe.caffe_name[i]].shape for i in probe.inputs if probe.caffe_name[i] in ref}
-    net = build_net(netparam, shapes)
-    report = match_weights(net, read_weights(weights))
-    report.raise_if_bad(str(weights))
-    return verify_net(net, report.blobs, ref, rtol)
+    net, gm = convert(netparam, weights, input_shapes=shapes)
+    return verify_net(net, gm, ref, rtol)
 
 
 def format_report(report: VerifyReport) -> str:

@@ -93,11 +93,8 @@ class Segmenter:
     ) -> Segmenter:
         """Convert ``prototxt`` + ``weights``; the mean comes from ``mean``, the data layer, or the zoo entry
         (given, or found because ``prototxt`` is one of the zoo's own files)."""
-        from protoseg.graph import to_graph
         from protoseg.io.upgrade import load_net
-        from protoseg.io.weights import read_weights
-        from protoseg.ir import build_net
-        from protoseg.params import match_weights
+        from protoseg.loader import convert
 
         netparam = load_net(prototxt, dict(defines) if defines else None)
         entry = entry or _zoo_entry_for(prototxt)
@@ -109,10 +106,7 @@ class Segmenter:
             fallback_mean=entry.mean_bgr if entry is not None else None,
             fallback_source=f"zoo entry {entry.name!r}" if entry is not None else "",
         )
-        net = build_net(netparam)
-        report = match_weights(net, read_weights(weights))
-        report.raise_if_bad(str(weights))
-        gm = to_graph(net, report.blobs)
+        net, gm = convert(netparam, weights)
         inputs = [net.caffe_name.get(i, i) for i in net.inputs]
         output = kwargs.pop("output", None) or (entry.output if entry is not None else None)
         categories = kwargs.pop("categories", None) or (entry.categories if entry is not None else None)
