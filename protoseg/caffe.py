@@ -125,12 +125,16 @@ class Net:
 
     def __init__(self, prototxt: str | os.PathLike, *args: Any, weights: str | os.PathLike | None = None,
                  phase: int | None = None, defines: Mapping[str, str] | None = None) -> None:
-        from protoseg.io.upgrade import load_net
+        from protoseg.loader import open_net
 
         weights, phase = _parse_args(args, weights, phase)
         self._prototxt = os.fspath(prototxt)
-        self._netparam = load_net(prototxt, dict(defines) if defines else None, phase=_PHASE_NAMES[phase])
-        self._build()
+        with warnings.catch_warnings():
+            # a data layer without a declared shape warns; its blob is reshaped by the caller, as in pycaffe
+            warnings.simplefilter("ignore", ProtosegWarning)
+            opened = open_net(prototxt, weights, defines=dict(defines) if defines else None,
+                              phase=_PHASE_NAMES[phase])
+        self._netparam, self._fork, self._net = opened.netparam, opened.net.fork, opened.net
         self.blobs: OrderedDict[str, Blob] = OrderedDict()
         self._init_blobs()
         self.params: OrderedDict[str, list[Blob]] = OrderedDict()
@@ -143,9 +147,8 @@ class Net:
         from protoseg.ir import build_net
 
         with warnings.catch_warnings():
-            # a data layer without a declared shape warns; its blob is reshaped by the caller, as in pycaffe
             warnings.simplefilter("ignore", ProtosegWarning)
-            self._net = build_net(self._netparam, input_shapes)
+            self._net = build_net(self._netparam, input_shapes, fork=self._fork, source=self._prototxt)
 
     @property
     def inputs(self) -> list[str]:

@@ -50,6 +50,16 @@ input_option = click.option("--input", "inputs", multiple=True, callback=_parse_
 existing = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
+def _fork_choices() -> list[str]:
+    from protoseg.forks import FORKS
+
+    return list(FORKS)
+
+
+fork_option = click.option("--fork", type=click.Choice(_fork_choices()), default=None,
+                           help="The Caffe fork that wrote the files (default: detected from them).")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="protoseg")
 def cli() -> None:
@@ -63,12 +73,14 @@ def cli() -> None:
 @input_option
 @click.option("--phase", type=click.Choice(["TEST", "TRAIN"], case_sensitive=False), default="TEST",
               show_default=True, help="Which include/exclude rules to apply.")
+@fork_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-def info(prototxt: Path, weights: Path | None, defines, inputs, phase: str, as_json: bool) -> None:
-    """Layers, shapes and parameter counts of PROTOTXT; with WEIGHTS, whether every blob matches."""
+def info(prototxt: Path, weights: Path | None, defines, inputs, phase: str, fork: str | None, as_json: bool) -> None:
+    """Layers, shapes and parameter counts of PROTOTXT and the Caffe fork that wrote it; with WEIGHTS, whether
+    every blob matches."""
     from protoseg.info import describe, format_table
 
-    summary = describe(prototxt, weights, defines=defines, input_shapes=inputs, phase=phase.upper())
+    summary = describe(prototxt, weights, defines=defines, input_shapes=inputs, phase=phase.upper(), fork=fork)
     click.echo(json.dumps(summary, indent=1) if as_json else format_table(summary))
     if weights is not None and not summary["weights"]["ok"]:
         sys.exit(1)
@@ -93,17 +105,24 @@ def upgrade(prototxt: Path, output: Path | None, defines) -> None:
 
 @cli.command()
 @click.argument("prototxt", type=existing)
-@click.argument("weights", type=existing)
+@click.argument("weights", type=existing, required=False)
 @click.option("--reference", "-r", type=existing, required=True, help="An .npz of Caffe's blobs and the inputs.")
 @define_option
+@fork_option
 @click.option("--rtol", type=float, default=1e-4, show_default=True,
               help="A blob passes when max|ours - ref| <= rtol * max|ref|.")
+@click.option("--precision", type=click.Choice(["fp32", "fp64"]), default="fp32", show_default=True,
+              help="Arithmetic to run the net in: fp32 as Caffe, or fp64 to set float32 rounding aside.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-def verify(prototxt: Path, weights: Path, reference: Path, defines, rtol: float, as_json: bool) -> None:
-    """Compare every blob of REFERENCE with the converted net's; exit 1 if any differs."""
+def verify(prototxt: Path, weights: Path | None, reference: Path, defines, fork: str | None, rtol: float,
+           precision: str, as_json: bool) -> None:
+    """Compare every blob of REFERENCE with the converted net's; exit 1 if any differs.
+
+    The net is reshaped to REFERENCE's input arrays first; WEIGHTS may be left out for a net without
+    parameters."""
     from protoseg.verify import verify_files, format_report
 
-    report = verify_files(prototxt, weights, reference, defines=defines, rtol=rtol)
+    report = verify_files(prototxt, weights, reference, defines=defines, rtol=rtol, fork=fork, precision=precision)
     click.echo(json.dumps(report.to_dict(), indent=1) if as_json else format_report(report))
     sys.exit(0 if report.ok else 1)
 
@@ -119,14 +138,16 @@ def verify(prototxt: Path, weights: Path, reference: Path, defines, rtol: float,
 @input_option
 @click.option("--output-blob", "outputs", multiple=True, metavar="BLOB",
               help="Make BLOB an output (repeatable); default: the blobs nothing consumes.")
+@fork_option
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
-def convert(prototxt: Path, weights: Path, output: Path | None, fmt: str, defines, inputs, outputs, force) -> None:
+def convert(prototxt: Path, weights: Path, output: Path | None, fmt: str, defines, inputs, outputs, fork,
+            force) -> None:
     """Convert PROTOTXT + WEIGHTS into a model that loads in plain PyTorch."""
     from protoseg.export import export, default_output
 
     output = output or default_output(prototxt, fmt)
     written = export(prototxt, weights, output, fmt=fmt, defines=defines, input_shapes=inputs,
-                     outputs=list(outputs) or None, overwrite=force)
+                     outputs=list(outputs) or None, overwrite=force, fork=fork)
     for path in written:
         click.echo(f"wrote {path}")
 

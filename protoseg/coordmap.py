@@ -24,28 +24,30 @@ def compose(outer: Maps, inner: Maps) -> Maps:
 IDENTITY: Maps = ((Fraction(1), Fraction(0)), (Fraction(1), Fraction(0)))
 
 
-def ancestry(blob: str, producers: Mapping[str, tuple[object, list[str]]]) -> dict[str, Maps]:
-    """Every blob ``blob`` descends from through its first bottoms, with the map from ``blob`` to it."""
+def ancestry(blob: str, producers: Mapping[str, tuple[object, object, list[str]]]) -> dict[str, Maps]:
+    """Every blob ``blob`` descends from through first bottoms of spatial layers, with the map from ``blob`` to it.
+
+    ``producers`` maps a blob to ``(converter, bottom shapes, bottom names)`` of the layer that wrote it.
+    """
     chain: dict[str, Maps] = {blob: IDENTITY}
     current, acc = blob, IDENTITY
     while current in producers:
-        converter, bottoms = producers[current]
-        step = converter.coord_map() if bottoms else None
-        if step is None:
+        converter, shapes, bottoms = producers[current]
+        step = converter.coord_map(shapes) if bottoms else None
+        if step is None or bottoms[0] in chain:  # SSA names make a cycle impossible; never loop regardless
             break
         current, acc = bottoms[0], compose(step, acc)
         chain[current] = acc
     return chain
 
 
-def crop_offsets(big: str, ref: str, producers: Mapping[str, tuple[object, list[str]]]) -> list[int] | None:
-    """Offsets (H, W) aligning ``ref`` inside ``big``, or None when they share no mapped ancestor."""
-    ref_chain = ancestry(ref, producers)
-    for ancestor, big_map in ancestry(big, producers).items():
-        if ancestor in ref_chain:
-            ref_map = ref_chain[ancestor]
+def crop_offsets(big: Mapping[str, Maps], ref: Mapping[str, Maps]) -> list[int] | None:
+    """Offsets (H, W) aligning the blob of ancestry ``ref`` inside that of ``big``, or None when they share no
+    mapped ancestor (or the maps do not align on whole pixels)."""
+    for ancestor, big_map in big.items():
+        if ancestor in ref:
             offsets = []
-            for (a1, b1), (a2, b2) in zip(big_map, ref_map):
+            for (a1, b1), (a2, b2) in zip(big_map, ref[ancestor]):
                 if a1 != a2:
                     return None
                 off = (b2 - b1) / a1

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from protoseg.errors import LayerParamError, ShapeError
 
-__all__ = ["CrfParams", "PRESETS", "dense_crf"]
+__all__ = ["CrfParams", "PRESETS", "check_params", "dense_crf"]
 
 #: Smallest normal float32: Caffe clamps probabilities to it before taking the log (``output_probability: false``).
 FLT_MIN = torch.finfo(torch.float32).tiny
@@ -103,7 +103,7 @@ def _f32(x: float) -> float:
     return float(torch.tensor(x, dtype=torch.float32))
 
 
-class _Lattice:
+class Lattice:
     """The permutohedral lattice of one image's features, built once and applied to any number of value sets.
 
     Mirrors ``Permutohedral::init``/``compute`` of DeepLab's fork: ``offsets``/``weights`` are each pixel's
@@ -292,6 +292,31 @@ def _region(data_dim: Tensor | None, n: int, height: int, width: int) -> list[tu
 
 
 @torch.no_grad()
+def check_params(max_iter, pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std) -> tuple[list, list]:
+    """Validate a ``dense_crf_param`` set (the layer checks it when the net is built, :func:`dense_crf` again):
+    the positional kernels ``[(w, xy_std)]`` and the bilateral ones ``[(w, xy_std, rgb_std)]``."""
+    if int(max_iter) != max_iter or max_iter < 0:
+        raise LayerParamError(f"dense_crf: max_iter must be an integer >= 0, got {max_iter!r}")
+    pos_lists = [_as_list("pos_w", pos_w), _as_list("pos_xy_std", pos_xy_std)]
+    if len(pos_lists[0]) != len(pos_lists[1]):
+        raise LayerParamError(
+            "dense_crf: pos_w and pos_xy_std must have the same number of values (one per positional kernel), "
+            f"got {len(pos_lists[0])} and {len(pos_lists[1])}"
+        )
+    pos = list(zip(*pos_lists, strict=True))
+    bi_lists = [_as_list("bi_w", bi_w), _as_list("bi_xy_std", bi_xy_std), _as_list("bi_rgb_std", bi_rgb_std)]
+    if len({len(v) for v in bi_lists}) != 1:
+        raise LayerParamError(
+            "dense_crf: bi_w, bi_xy_std and bi_rgb_std must have the same number of values (one per bilateral "
+            f"kernel), got {len(bi_lists[0])}, {len(bi_lists[1])} and {len(bi_lists[2])}"
+        )
+    bil = list(zip(*bi_lists, strict=True))
+    _positive("pos_xy_std", pos_lists[1])
+    _positive("bi_xy_std", bi_lists[1])
+    _positive("bi_rgb_std", bi_lists[2])
+    return pos, bil
+
+
 def dense_crf(
     scores: Tensor,
     image: Tensor | None,
@@ -327,25 +352,7 @@ def dense_crf(
     n, c, height, width = scores.shape
     if c < 1:
         raise ShapeError("dense_crf: scores has no classes (C = 0)")
-    if int(max_iter) != max_iter or max_iter < 0:
-        raise LayerParamError(f"dense_crf: max_iter must be an integer >= 0, got {max_iter!r}")
-    pos_lists = [_as_list("pos_w", pos_w), _as_list("pos_xy_std", pos_xy_std)]
-    if len(pos_lists[0]) != len(pos_lists[1]):
-        raise LayerParamError(
-            "dense_crf: pos_w and pos_xy_std must have the same number of values (one per positional kernel), "
-            f"got {len(pos_lists[0])} and {len(pos_lists[1])}"
-        )
-    pos = list(zip(*pos_lists, strict=True))
-    bi_lists = [_as_list("bi_w", bi_w), _as_list("bi_xy_std", bi_xy_std), _as_list("bi_rgb_std", bi_rgb_std)]
-    if len({len(v) for v in bi_lists}) != 1:
-        raise LayerParamError(
-            "dense_crf: bi_w, bi_xy_std and bi_rgb_std must have the same number of values (one per bilateral "
-            f"kernel), got {len(bi_lists[0])}, {len(bi_lists[1])} and {len(bi_lists[2])}"
-        )
-    bil = list(zip(*bi_lists, strict=True))
-    _positive("pos_xy_std", pos_lists[1])
-    _positive("bi_xy_std", bi_lists[1])
-    _positive("bi_rgb_std", bi_lists[2])
+    pos, bil = check_params(max_iter, pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std)
     if image is not None:
         if image.dim() != 4 or image.shape[1] != 3:
             raise ShapeError(f"dense_crf: image must be N×3×H×W (a colour image blob), got {tuple(image.shape)}")
@@ -367,21 +374,16 @@ def dense_crf(
         if h == 0 or w == 0:
             continue
         score = scores[b, :, :h, :w].to(torch.float32).reshape(c, h * w).t().contiguous()
-        ys, xs = torch.meshgrid(
-            torch.arange(h, device=dev, dtype=torch.float32),
-            torch.arange(w, device=dev, dtype=torch.float32),
-            indexing="ij",
-        )
-        xs, ys = xs.reshape(-1), ys.reshape(-1)
-        kernels: list[tuple[_Lattice, Tensor]] = []
+        xs, ys = pixel_grid(h, w, dev)
+        kernels: list[tuple[Lattice, Tensor]] = []
         for weight, std in pos:
             s = _f32(std)
-            kernels.append(_kernel(torch.stack([xs / s, ys / s], 1), weight))
+            kernels.append(normalized_kernel(torch.stack([xs / s, ys / s], 1), weight))
         if bil:
             colour = image[b, :, :h, :w].to(torch.float32).reshape(3, h * w).t()
             for weight, xy_std, rgb_std in bil:
                 s, t = _f32(xy_std), _f32(rgb_std)
-                kernels.append(_kernel(torch.cat([xs[:, None] / s, ys[:, None] / s, colour / t], 1), weight))
+                kernels.append(normalized_kernel(torch.cat([xs[:, None] / s, ys[:, None] / s, colour / t], 1), weight))
         q = _exp_normalize_(score.clone())
         energy = torch.empty_like(score)
         for _ in range(int(max_iter)):
@@ -395,9 +397,16 @@ def dense_crf(
     return result.to(out_dtype)
 
 
-def _kernel(features: Tensor, weight: float) -> tuple[_Lattice, Tensor]:
+def pixel_grid(h: int, w: int, device) -> tuple[Tensor, Tensor]:
+    """Column (x) and row (y) of every pixel, raster order, as float32: the positional features."""
+    ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=torch.float32),
+                            torch.arange(w, device=device, dtype=torch.float32), indexing="ij")
+    return xs.reshape(-1), ys.reshape(-1)
+
+
+def normalized_kernel(features: Tensor, weight: float) -> tuple[Lattice, Tensor]:
     """A Potts kernel: its lattice and the per-pixel factor ``w * norm`` Caffe multiplies the filtered Q by."""
-    lattice = _Lattice(features)
+    lattice = Lattice(features)
     ones = features.new_ones(features.shape[0], 1)
     norm = 1.0 / (lattice.filter(ones) + _NORM_EPS)
     return lattice, (_f32(weight) * norm)

@@ -1,14 +1,27 @@
 """One exception family for everything a user can cause.
 
 The CLI catches :class:`ProtosegError` only and prints its message on one line, so every message must say
-where the problem is (file position, layer name) and what to do about it.
+where the problem is (file, line, layer) and what to do about it. Names from files can be anything, so they
+enter messages through :func:`quote` (bounded, escaped) and a whole message is bounded too.
 """
 
 from __future__ import annotations
 
+#: Longest message kept whole; a longer one keeps its head and tail.
+MAX_MESSAGE = 2000
+#: Longest name quoted whole in a message.
+MAX_NAME = 80
+
 
 class ProtosegError(Exception):
     """Base of every error a user can cause with a bad file, flag or input."""
+
+    def __init__(self, message: str = "", *args: object) -> None:
+        message = str(message)
+        if len(message) > MAX_MESSAGE:
+            half = MAX_MESSAGE // 2
+            message = f"{message[:half]} [... {len(message) - 2 * half} characters cut ...] {message[-half:]}"
+        super().__init__(message, *args)
 
 
 class ParseError(ProtosegError):
@@ -39,6 +52,16 @@ class ProtosegWarning(UserWarning):
     """Raised through :mod:`warnings` where protoseg approximates or infers something Caffe left implicit."""
 
 
-def layer_error(cls: type[ProtosegError], name: str, type_: str, message: str) -> ProtosegError:
-    """Build ``cls`` with the conventional ``layer 'NAME' (TYPE): message`` prefix."""
-    return cls(f"layer {name!r} ({type_}): {message}")
+def quote(name: object, limit: int = MAX_NAME) -> str:
+    """``repr`` of a name from a file, cut in the middle when longer than ``limit`` characters."""
+    text = repr(name)
+    if len(text) <= limit:
+        return text
+    keep = (limit - 5) // 2
+    return f"{text[:keep]}[...]{text[-keep:]}"
+
+
+def layer_error(cls: type[ProtosegError], name: str, type_: str, message: str, where: str = "") -> ProtosegError:
+    """Build ``cls`` with the conventional ``FILE:LINE: layer 'NAME' (TYPE): message`` prefix."""
+    prefix = f"{where}: " if where else ""
+    return cls(f"{prefix}layer {quote(name)} ({quote(type_, 40)[1:-1]}): {message}")

@@ -1,15 +1,21 @@
 """``protoseg convert``: write the converted net so that plain PyTorch loads it, without protoseg installed.
 
 * ``pt2``: a ``torch.export`` program with the spatial input sizes dynamic, so one file runs at any image size;
-  load it with ``torch.export.load(path).module()``.
+  load it with ``torch.export.load(path).module()``. It also records the net for protoseg (:mod:`protoseg.pt2`),
+  which reads it back without ``torch.export.load``.
 * ``py``: readable, self-contained PyTorch source (the layer classes it uses, a ``Net`` module whose
   ``forward`` is ``gm.code``) beside a ``.safetensors`` file of the weights, each shared tensor stored once.
+  Every name in it comes from :mod:`protoseg.names` and every value is written as a literal, so nothing from
+  the Caffe files becomes code.
 * ``onnx``: through ``torch.onnx.export`` (needs the ``onnx`` and ``onnxscript`` packages).
 """
 
 from __future__ import annotations
 
 import inspect
+import keyword
+import os
+import math
 import textwrap
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -17,10 +23,9 @@ from typing import Mapping, Sequence
 import torch
 from torch import fx, nn
 
-from protoseg.errors import FormatError, ProtosegError
-from protoseg.loader import load_ir
-from protoseg.graph import to_graph
+from protoseg.errors import FormatError, ProtosegError, quote
 from protoseg.ir import Net
+from protoseg.loader import open_net
 
 SUFFIX = {"pt2": ".pt2", "py": ".py", "onnx": ".onnx"}
 
@@ -31,25 +36,72 @@ def default_output(prototxt: Path, fmt: str) -> Path:
 
 def export(prototxt, weights, output: Path, *, fmt: str = "pt2", defines: Mapping[str, str] | None = None,
            input_shapes: Mapping[str, Sequence[int]] | None = None, outputs: Sequence[str] | None = None,
-           overwrite: bool = False) -> list[Path]:
+           overwrite: bool = False, fork: str | None = None) -> list[Path]:
     """Convert and write; returns the paths written. Refuses to overwrite unless ``overwrite``."""
+    if fmt not in SUFFIX:
+        raise ProtosegError(f"unknown format {fmt!r}; use one of {', '.join(SUFFIX)}")
     output = Path(output)
+    if fmt == "py":
+        module_name(output)
     written = [output] + ([output.with_suffix(".safetensors")] if fmt == "py" else [])
-    existing = [p for p in written if p.exists()]
+    existing = [p for p in written if p.exists() or p.is_symlink()]
     if existing and not overwrite:
         raise FormatError(f"{existing[0]} exists; pass --force to overwrite it or choose another -o")
-    net, report = load_ir(prototxt, weights, defines=defines, input_shapes=input_shapes, outputs=outputs)
-    report.raise_if_bad(str(weights))
-    gm = to_graph(net, report.blobs)
+    opened = open_net(prototxt, weights, defines=defines, input_shapes=input_shapes, outputs=outputs, fork=fork)
+    gm = opened.graph()
     if fmt == "pt2":
-        torch.export.save(export_program(gm, net), output)
+        from protoseg import pt2
+
+        extra = {pt2.RECORD_NAME: pt2.record(opened.net, opened.netparam, gm.meta["owners"],
+                                             _preprocess_record(opened, prototxt))}
+        program = export_program(gm, opened.net)
+        _replace(output, lambda tmp: torch.export.save(program, tmp, extra_files=extra))
     elif fmt == "py":
         write_source(gm, output, output.with_suffix(".safetensors"))
-    elif fmt == "onnx":
-        write_onnx(gm, net, output)
     else:
-        raise ProtosegError(f"unknown format {fmt!r}; use one of {', '.join(SUFFIX)}")
+        write_onnx(gm, opened.net, output)
     return written
+
+
+def _preprocess_record(opened, prototxt) -> dict | None:
+    """What ``run`` should feed the net, as far as the prototxt says (None: ``run`` will ask for ``--mean``)."""
+    from protoseg.run.preprocess import from_netparam
+
+    try:
+        pre = from_netparam(opened.netparam, prototxt=prototxt, fork=opened.net.fork)
+    except ProtosegError:
+        return None
+    if pre.mean.ndim != 1:
+        return None  # a mean_file image: run takes --mean for a .pt2
+    return {"mean": pre.mean.tolist(), "scale": pre.scale, "pad_to": list(pre.pad_to) if pre.pad_to else None,
+            "bgr": pre.bgr}
+
+
+def _replace(output: Path, write) -> None:
+    """Write through a temporary file in the same folder and rename it over ``output``: a failed write leaves
+    nothing half-written, and a symlink at ``output`` is replaced, never written through."""
+    import tempfile
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=output.suffix, dir=output.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, output)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def module_name(path: Path) -> str:
+    """The module name a ``.py`` export is imported by: its file name, which must be a Python identifier."""
+    name = path.stem
+    if not (name.isidentifier() and name.isascii()) or keyword.iskeyword(name):
+        raise ProtosegError(f"{path}: a --format py file is imported by its name, so {quote(name)} must be a Python "
+                            "module name (ASCII letters, digits and _, not starting with a digit): e.g. "
+                            "-o fcn8s.py")
+    return name
 
 
 def example_inputs(net: Net) -> tuple[torch.Tensor, ...]:
@@ -67,8 +119,14 @@ def export_program(gm: fx.GraphModule, net: Net) -> torch.export.ExportedProgram
         with torch.no_grad():
             return torch.export.export(gm, example_inputs(net), dynamic_shapes=dynamic_shapes(net))
     except Exception as e:  # torch.export reports unsupported constructs with many exception types
-        raise ProtosegError(f"torch.export could not trace net {net.name!r}: {type(e).__name__}: "
-                            f"{str(e).splitlines()[0] if str(e) else ''}; try --format py") from e
+        raise ProtosegError(f"torch.export could not trace net {quote(net.name)}: {_first_line(e)}; "
+                            "try --format py") from e
+
+
+def _first_line(e: BaseException) -> str:
+    """``Type: first line of the message`` (or just the type when torch gave no message)."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {quote(text.splitlines()[0], 300)[1:-1]}" if text else type(e).__name__
 
 
 def write_onnx(gm: fx.GraphModule, net: Net, output: Path) -> None:
@@ -77,9 +135,13 @@ def write_onnx(gm: fx.GraphModule, net: Net, output: Path) -> None:
         import onnxscript  # noqa: F401
     except ImportError:
         raise ProtosegError("--format onnx needs the onnx and onnxscript packages: pip install onnx onnxscript") from None
-    with torch.no_grad():
-        torch.onnx.export(gm, example_inputs(net), str(output), input_names=list(net.inputs),
-                          dynamic_shapes=dynamic_shapes(net), dynamo=True)
+    names = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
+    try:
+        with torch.no_grad():
+            _replace(output, lambda tmp: torch.onnx.export(gm, example_inputs(net), tmp, input_names=names,
+                                                           dynamic_shapes=dynamic_shapes(net), dynamo=True))
+    except Exception as e:  # the ONNX exporter raises many exception types
+        raise ProtosegError(f"ONNX export of net {quote(net.name)} failed: {_first_line(e)}; try --format pt2") from e
 
 
 # -- readable source --------------------------------------------------------------------------------------
@@ -134,8 +196,22 @@ def _class_sources(gm: fx.GraphModule) -> list[str]:
 def _constructor(module: nn.Module) -> str:
     signature = inspect.signature(type(module).__init__).parameters.values()
     params = [p.name for p in list(signature)[1:] if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    args = ", ".join(f"{p}={getattr(module, p)!r}" for p in params)
+    args = ", ".join(f"{p}={_literal(getattr(module, p))}" for p in params)
     return f"{type(module).__name__}({args})"
+
+
+def _literal(value) -> str:
+    """Python source for a layer's constructor argument: numbers, strings, None and tuples of them only."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return repr(value)
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else f"float({repr(value)!r})"
+    if isinstance(value, (tuple, list)):
+        items = [_literal(v) for v in value]
+        if isinstance(value, list):
+            return f"[{', '.join(items)}]"
+        return f"({items[0]},)" if len(items) == 1 else f"({', '.join(items)})"
+    raise ProtosegError(f"cannot write a {type(value).__name__} into generated source")
 
 
 def write_source(gm: fx.GraphModule, path: Path, weights: Path) -> None:
@@ -144,6 +220,7 @@ def write_source(gm: fx.GraphModule, path: Path, weights: Path) -> None:
 
     import protoseg
 
+    module = module_name(path)
     cls = gm.__class__.__name__
     unique: dict[int, str] = {}
     shared: dict[str, str] = {}
@@ -152,14 +229,16 @@ def write_source(gm: fx.GraphModule, path: Path, weights: Path) -> None:
         if first != name:
             shared[name] = first
     tensors = {name: gm.get_parameter(name).detach().contiguous() for name in unique.values()}
-    save_file(tensors, str(weights))
+    _replace(weights, lambda tmp: save_file(tensors, tmp))
 
     init = "\n".join(f"        self.{name} = {_constructor(m)}" for name, m in gm.named_children())
     forward = textwrap.indent(gm.code.strip(), "    ")
     parts = [
-        _HEADER.format(name=cls, version=protoseg.__version__, module=path.stem, weights=weights.name),
+        _HEADER.format(name=cls, version=protoseg.__version__, module=module, weights=weights.name),
         *("\n\n" + src for src in _class_sources(gm)),
         f"\n\nclass {cls}(nn.Module):\n    def __init__(self):\n        super().__init__()\n{init}\n\n{forward}\n",
         _LOAD.format(shared=shared, weights=weights.name, cls=cls),
     ]
-    path.write_text("".join(parts))
+    text = "".join(parts)
+    compile(text, str(path), "exec")  # generated source must be valid Python; it is never run here
+    _replace(path, lambda tmp: Path(tmp).write_text(text))

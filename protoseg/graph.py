@@ -1,17 +1,15 @@
 """Turn the IR into a ``torch.fx.GraphModule`` that reads like the prototxt.
 
 One ``call_module`` per Caffe layer, the submodule named after the layer and the node after its top blob, so
-``print(gm.code)`` shows ``conv1_1 = self.conv1_1(data)`` and :mod:`protoseg.verify` can tap any blob.
-Each node's ``meta`` keeps ``caffe_layer``, ``caffe_type``, ``caffe_blob`` and ``blob`` (the IR's SSA name; fx renames
-nodes that would shadow a Python builtin, such as ``abs`` or ``sum``). Weights shared through
-``param { name }`` are one ``nn.Parameter`` held by every layer that shares it.
+``print(gm.code)`` shows ``conv1_1 = self.conv1_1(data)`` and :mod:`protoseg.verify` can tap any blob. Every
+such name goes through :func:`protoseg.names.identifier` (names from files never become code); each node's
+``meta`` keeps the real ones: ``caffe_layer``, ``caffe_type``, ``caffe_blob`` and ``blob`` (the IR's SSA
+name). Weights shared through ``param { name }`` are one ``nn.Parameter`` held by every layer that shares it.
 """
 
 from __future__ import annotations
 
-import keyword
 import operator
-import re
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -19,19 +17,7 @@ import torch
 from torch import fx, nn
 
 from protoseg.ir import Net
-
-
-def attr_name(layer_name: str, taken: set[str]) -> str:
-    """A Python identifier for a submodule, from a Caffe layer name (``conv5_3_pool1/conv`` -> ``conv5_3_pool1_conv``)."""
-    base = re.sub(r"\W", "_", layer_name) or "layer"
-    if base[0].isdigit() or keyword.iskeyword(base):
-        base = "_" + base
-    name, i = base, 1
-    while name in taken:
-        i += 1
-        name = f"{base}_{i}"
-    taken.add(name)
-    return name
+from protoseg.names import class_name, identifier
 
 
 def _parameter(array: np.ndarray) -> nn.Parameter:
@@ -41,17 +27,23 @@ def _parameter(array: np.ndarray) -> nn.Parameter:
 
 def to_graph(net: Net, blobs: Mapping[str, Sequence[np.ndarray]] | None = None) -> fx.GraphModule:
     """Build the GraphModule of ``net``; ``blobs`` maps layer name -> arrays shaped as ``layer.blob_shapes``
-    (see :func:`protoseg.params.match_weights`). Without ``blobs``, parameters are zeros of the right shape."""
+    (see :func:`protoseg.params.match_weights`). Without ``blobs``, parameters are zeros of the right shape.
+
+    ``gm.meta["owners"]`` maps each parameter's qualified name to the ``(layer, blob index)`` that owns it.
+    """
     root = nn.Module()
     graph = fx.Graph()
     env: dict[str, fx.Node] = {}
-    for name in net.inputs:
-        node = graph.placeholder(name)
-        node.meta.update(blob=name, caffe_blob=net.caffe_name.get(name, name), caffe_layer=None, caffe_type="Input")
-        env[name] = node
+    names: set[str] = set()  # node names: the forward's local variables
+    attrs: set[str] = set()  # submodule names: attributes of the GraphModule
+    for ssa in net.inputs:
+        node = graph.placeholder(identifier(ssa, names))
+        node.meta.update(blob=ssa, caffe_blob=net.caffe_name.get(ssa, ssa), caffe_layer=None, caffe_type="Input")
+        env[ssa] = node
 
     params: dict[tuple[str, int], nn.Parameter] = {}
-    taken: set[str] = set()
+    owner_of: dict[int, tuple[str, int]] = {}  # id(parameter) -> owner
+    owners: dict[str, tuple[str, int]] = {}
     for layer in net.layers:
         tensors = []
         for i, owner in enumerate(layer.owners):
@@ -60,31 +52,33 @@ def to_graph(net: Net, blobs: Mapping[str, Sequence[np.ndarray]] | None = None) 
                     params[owner] = nn.Parameter(torch.zeros(layer.blob_shapes[i]), requires_grad=False)
                 else:
                     params[owner] = _parameter(blobs[owner[0]][owner[1]])
+                owner_of[id(params[owner])] = owner
             tensors.append(params[owner])
-        attr = attr_name(layer.name, taken)
-        root.add_module(attr, layer.converter.module(tensors))
+        attr = identifier(layer.name, attrs, fallback="layer")
+        module = layer.converter.module(layer.bottom_shapes, tensors)
+        root.add_module(attr, module)
+        for pname, p in module.named_parameters(remove_duplicate=False):
+            if id(p) in owner_of:
+                owners[f"{attr}.{pname}"] = owner_of[id(p)]
         args = tuple(env[b] for b in layer.bottoms)
         meta = dict(caffe_layer=layer.name, caffe_type=layer.type)
-        if len(layer.tops) == 1:
-            node = graph.create_node("call_module", attr, args, name=layer.tops[0])
+        if not layer.converter.multi_output:
+            node = graph.create_node("call_module", attr, args, name=identifier(layer.tops[0], names))
             node.meta.update(meta, blob=layer.tops[0], caffe_blob=layer.caffe_tops[0])
             env[layer.tops[0]] = node
             continue
-        group = graph.create_node("call_module", attr, args, name=attr)
+        group = graph.create_node("call_module", attr, args, name=identifier(f"{attr}_out", names))
         group.meta.update(meta, blob=None, caffe_blob=None)
         for i, (top, caffe) in enumerate(zip(layer.tops, layer.caffe_tops)):
-            node = graph.create_node("call_function", operator.getitem, (group, i), name=top)
+            node = graph.create_node("call_function", operator.getitem, (group, i), name=identifier(top, names))
             node.meta.update(meta, blob=top, caffe_blob=caffe)
             env[top] = node
 
     outs = [env[o] for o in net.outputs]
+    # Output keys are Caffe names: fx writes them as string literals (repr), never as code.
     graph.output(outs[0] if len(outs) == 1 else {net.caffe_name.get(o, o): env[o] for o in net.outputs})
     graph.lint()
-    gm = fx.GraphModule(root, graph, class_name=_class_name(net.name))
+    gm = fx.GraphModule(root, graph, class_name=class_name(net.name))
+    gm.meta["owners"] = owners
     gm.eval()
     return gm
-
-
-def _class_name(name: str) -> str:
-    parts = re.split(r"\W+|_", name or "")
-    return "".join(p[:1].upper() + p[1:] for p in parts if p) or "CaffeNet"

@@ -5,17 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from protoseg.io.weights import open_weights
-from protoseg.io.upgrade import load_net
-from protoseg.ir import build_net
-from protoseg.params import match_weights
+from protoseg.forks import FORKS
+from protoseg.loader import open_net
 
 
 def describe(prototxt: str | Path, weights: str | Path | None = None, *, defines: Mapping[str, str] | None = None,
-             input_shapes: Mapping[str, Sequence[int]] | None = None, phase: str = "TEST") -> dict:
+             input_shapes: Mapping[str, Sequence[int]] | None = None, phase: str = "TEST",
+             fork: str | None = None) -> dict:
     """The summary ``info`` prints, as plain data (the ``--json`` output)."""
-    netparam = load_net(prototxt, defines or None, phase=phase)
-    net = build_net(netparam, input_shapes)
+    opened = open_net(prototxt, weights, defines=defines or None, input_shapes=input_shapes, phase=phase, fork=fork)
+    net, detection = opened.net, opened.detection
     layers = []
     for name, shape in net.inputs.items():
         layers.append({"name": net.caffe_name[name], "type": "Input", "bottoms": [], "tops": [net.caffe_name[name]],
@@ -34,6 +33,8 @@ def describe(prototxt: str | Path, weights: str | Path | None = None, *, defines
     summary = {
         "name": net.name,
         "prototxt": str(prototxt),
+        "fork": {"name": detection.fork, "title": FORKS[detection.fork].title, "evidence": detection.evidence,
+                 "overridden": detection.overridden, "unexplained": detection.unexplained},
         "inputs": {net.caffe_name[k]: list(v) for k, v in net.inputs.items()},
         "outputs": [net.caffe_name[o] for o in net.outputs],
         "total_params": net.num_params,
@@ -41,9 +42,8 @@ def describe(prototxt: str | Path, weights: str | Path | None = None, *, defines
         "pruned": net.pruned,
         "weights": None,
     }
-    if weights is not None:
-        wf = open_weights(weights)
-        report = match_weights(net, {layer.name: layer.blobs for layer in wf.layers})
+    if opened.weights is not None:
+        wf, report = opened.weights, opened.report
         summary["weights"] = {
             "path": str(weights),
             "format": wf.format,
@@ -75,6 +75,9 @@ def format_table(summary: dict) -> str:
     total = summary["total_params"]
     lines.append("")
     lines.append(f"net {summary['name']!r}: {len(summary['layers'])} layers, {total:,} parameters ({_human(total)})")
+    fork = summary["fork"]
+    why = ("--fork" if fork["overridden"] else "; ".join(fork["evidence"][:4]) or "nothing fork-specific in the file")
+    lines.append(f"fork: {fork['title']} ({why})")
     lines.append(f"inputs: {', '.join(f'{k} {tuple(v)}' for k, v in summary['inputs'].items())}")
     lines.append(f"outputs: {', '.join(summary['outputs'])}")
     if summary["pruned"]:

@@ -3,19 +3,32 @@
 Caffe lets a layer write its top into its bottom (in-place ReLU, BatchNorm, Scale, Dropout), so one Caffe blob
 name stands for several values over a forward pass. The IR gives every written value its own name so each can
 be observed: the last value of a blob keeps the plain Caffe name (the value ``net.blobs`` shows after a
-forward), earlier ones get ``NAME__1``, ``NAME__2``… in write order.
+forward), earlier ones get ``NAME__1``, ``NAME__2``… in write order, lengthened where a file already uses
+that name for another blob, so SSA names are unique by construction.
 """
 
 from __future__ import annotations
 
 import difflib
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
-from protoseg.coordmap import crop_offsets
-from protoseg.errors import ProtosegError, ProtosegWarning, ShapeError, UnsupportedLayerError, layer_error
-from protoseg.layers.base import Converter, Shape, converter_for, product, registered_types
+from protoseg import forks
+from protoseg.coordmap import ancestry
+from protoseg.errors import ProtosegError, ProtosegWarning, ShapeError, UnsupportedLayerError, layer_error, quote
+from protoseg.layers.base import Bottoms, Converter, Shape, converter_for, forks_defining, product, registered
+
+#: Layer types of Caffe forks protoseg does not read, so an error can say where a file comes from.
+FOREIGN_TYPES = {
+    "ROIPooling": "py-faster-rcnn's Caffe", "Proposal": "py-faster-rcnn's Caffe", "PSROIPooling": "R-FCN's Caffe",
+    "PriorBox": "SSD's Caffe", "DetectionOutput": "SSD's Caffe", "MultiBoxLoss": "SSD's Caffe",
+    "Normalize": "SSD's Caffe", "Permute": "SSD's Caffe", "AnnotatedData": "SSD's Caffe",
+    "Region": "YOLO ports of Caffe", "Reorg": "YOLO ports of Caffe", "Yolo": "YOLO ports of Caffe",
+    "ShuffleChannel": "ShuffleNet ports of Caffe", "DepthwiseConvolution": "MobileNet ports of Caffe",
+    "ConvolutionDepthwise": "MobileNet ports of Caffe", "Axpy": "SENet's Caffe", "CTCLoss": "warp-ctc Caffe",
+}
 
 
 @dataclass
@@ -28,7 +41,8 @@ class Layer:
     bottoms: list[str]  # SSA names
     tops: list[str]  # SSA names
     caffe_tops: list[str]  # the tops' Caffe blob names
-    shapes: list[Shape] = field(default_factory=list)
+    bottom_shapes: Bottoms = field(default_factory=lambda: Bottoms(()))
+    shapes: list[Shape] = field(default_factory=list)  # of the tops
     blob_shapes: list[Shape] = field(default_factory=list)
     #: Per parameter blob: the layer and index that owns it (itself unless shared through ``param { name }``).
     owners: list[tuple[str, int]] = field(default_factory=list)
@@ -36,6 +50,10 @@ class Layer:
     @property
     def param(self):
         return self.converter.param
+
+    @property
+    def where(self) -> str:
+        return self.converter.where
 
     @property
     def num_params(self) -> int:
@@ -55,6 +73,8 @@ class Net:
     caffe_name: dict[str, str] = field(default_factory=dict)
     #: Caffe names of every data-layer top, including those the inference graph does not use (``label``).
     data_tops: list[str] = field(default_factory=list)
+    fork: str = forks.BVLC
+    source: str = ""  # the prototxt's path, for messages
 
     @property
     def num_params(self) -> int:
@@ -75,37 +95,70 @@ class Net:
         raise KeyError(blob)
 
 
-def _converter(param) -> Converter:
-    cls = converter_for(param.type)
+def where(source: str, param) -> str:
+    """``file:line`` of a layer (its line is recorded by the prototxt reader), or just the file."""
+    line = getattr(param, "protoseg_line", 0)
+    return f"{source}:{line}" if source and line else source
+
+
+def make_converter(param, fork: str = forks.BVLC, source: str = "") -> Converter:
+    """The converter of one upgraded ``LayerParameter`` in ``fork``, with an error that says where its type
+    comes from when protoseg has none."""
+    at = where(source, param)
+    cls = converter_for(param.type, fork)
     if cls is None:
-        known = registered_types()
-        close = difflib.get_close_matches(param.type, known, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise layer_error(
-            UnsupportedLayerError, param.name, param.type,
-            f"protoseg has no converter for Caffe type {param.type!r}; {hint}supported: {', '.join(known)}",
-        )
-    return cls(param)
+        owners = forks_defining(param.type)
+        classes = {registered()[(f, param.type)] for f in owners}
+        if len(classes) == 1:
+            owners = [f for f in forks.FORKS if f in owners]
+            titles = " and ".join(forks.FORKS[f].title for f in owners)
+            warnings.warn(f"{at + ': ' if at else ''}layer {quote(param.name)} ({param.type}) is a layer of {titles}, "
+                          f"but the rest of the file reads as {forks.FORKS[fork].title}; converting it as "
+                          f"{'that Caffe does' if len(owners) == 1 else 'those Caffes do'}", ProtosegWarning,
+                          stacklevel=3)
+            return classes.pop()(param, where=at, fork=owners[0])
+        raise layer_error(UnsupportedLayerError, param.name, param.type, _unknown_type(param.type, fork, owners), at)
+    return cls(param, where=at, fork=fork)
 
 
-def _ssa_names(layers: Sequence[tuple[Converter, list[str], list[str]]]) -> Iterable[tuple[list[str], list[str]]]:
-    """Yield (bottoms, tops) SSA names per layer: a blob's last write keeps its Caffe name."""
-    writes: dict[str, int] = {}
-    for _, _, tops in layers:
-        for top in tops:
-            writes[top] = writes.get(top, 0) + 1
-    seen: dict[str, int] = {}
+def _unknown_type(type_name: str, fork: str, owners: list[str]) -> str:
+    if owners:
+        titles = " and ".join(forks.FORKS[f].title for f in owners)
+        return (f"{quote(type_name)} means different layers in {titles}, and nothing tells which wrote this file; "
+                f"pass --fork {' or --fork '.join(owners)}")
+    if type_name in FOREIGN_TYPES:
+        return (f"{quote(type_name)} is a layer of {FOREIGN_TYPES[type_name]}, which protoseg does not read "
+                f"(it reads {', '.join(f.title for f in forks.FORKS.values())})")
+    known = sorted({t for _, t in registered()})
+    close = [t for t in known if t.lower() == type_name.lower()] or difflib.get_close_matches(type_name, known, 1, 0.85)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return (f"no Caffe protoseg reads ({', '.join(forks.FORKS)}) has a layer type {quote(type_name)}; {hint}"
+            "see docs/layers.md for the supported types")
 
-    def name(blob: str, version: int) -> str:
-        return blob if version == writes[blob] else f"{blob}__{version}"
+
+def _ssa_names(entries: Sequence[tuple[Converter, list[str], list[str]]]) -> Iterable[tuple[list[str], list[str]]]:
+    """Yield (bottoms, tops) SSA names per layer: a blob's last write keeps its Caffe name; earlier writes get
+    ``NAME__N``, made longer if that collides with a name the file uses."""
+    writes = Counter(top for _, _, tops in entries for top in tops)
+    taken = set(writes) | {b for _, bottoms, _ in entries for b in bottoms}
+    seen: Counter[str] = Counter()
+
+    def version(blob: str, n: int) -> str:
+        if n == writes[blob]:
+            return blob
+        name = f"{blob}__{n}"
+        while name in taken:
+            name += "_"
+        taken.add(name)
+        return name
 
     current: dict[str, str] = {}
-    for _, bottoms, tops in layers:
-        ssa_bottoms = [current[b] for b in bottoms]
+    for _, bottoms, tops in entries:
+        ssa_bottoms = [current.get(b, b) for b in bottoms]
         ssa_tops = []
         for t in tops:
-            seen[t] = seen.get(t, 0) + 1
-            current[t] = name(t, seen[t])
+            seen[t] += 1
+            current[t] = version(t, seen[t])
             ssa_tops.append(current[t])
         yield ssa_bottoms, ssa_tops
 
@@ -114,98 +167,147 @@ def build_net(
     netparam,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     outputs: Sequence[str] | None = None,
+    *,
+    fork: str | None = None,
+    source: str = "",
+    strict_inputs: bool = True,
 ) -> Net:
     """Build the inference IR of an upgraded V2 ``NetParameter`` (see :func:`protoseg.io.upgrade.load_net`).
 
-    ``input_shapes`` overrides the shapes of input blobs (by Caffe name); ``outputs`` picks the output blobs
-    (default: every blob no compute layer consumes). Layers that do not contribute to the outputs are dropped.
+    ``input_shapes`` overrides the shapes of input blobs (by Caffe name), and gives the shape of a blob no
+    layer of this phase produces (a TRAIN-only data layer); ``outputs`` picks the output blobs (default:
+    every blob no compute layer consumes). Layers that do not contribute to the outputs are dropped.
+    ``fork`` chooses the converters (:mod:`protoseg.forks`; default: detected from ``netparam``, though the
+    loader detects it better, before the upgrade and with the caffemodel); ``source`` names the file. With
+    ``strict_inputs`` false, names in ``input_shapes`` that are no input are ignored (Caffe's ``reshape`` to a
+    reference's arrays).
     """
     input_shapes = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
-    entries = []
-    for lp in netparam.layer:
-        conv = _converter(lp)
-        entries.append((conv, list(lp.bottom), list(lp.top)))
+    if fork is None:
+        from protoseg.loader import detect_fork
+
+        fork = detect_fork(netparam).fork
+    entries = [(make_converter(lp, fork, source), list(lp.bottom), list(lp.top)) for lp in netparam.layer]
     # Pruned layers neither define nor consume values, so drop them before naming.
     pruned = [c.name for c, _, _ in entries if c.role == "prune"]
     entries = [e for e in entries if e[0].role != "prune"]
+    external = _external_inputs(entries, input_shapes, netparam)
+    if external:  # blobs of a TRAIN-only data layer, shaped by --input: a data layer of their own
+        from protoseg.proto import caffe_pb2
+
+        lp = caffe_pb2.LayerParameter(name="--input", type="Input", top=external)
+        for b in external:
+            lp.input_param.shape.add().dim.extend(input_shapes[b])
+        entries.insert(0, (make_converter(lp, fork, source), [], external))
 
     inputs: dict[str, Shape] = {}
+    resized: list[tuple[str, Shape | None]] = []  # inputs sized unlike their layer declares (None: it declares none)
     layers: list[Layer] = []
     caffe_name: dict[str, str] = {}
     shapes: dict[str, Shape] = {}
-    producers: dict[str, tuple[Converter, list[str]]] = {}
-    produced: set[str] = set()
-    for conv, bottoms, tops in entries:
-        for b in bottoms:
-            if b not in produced:
-                raise layer_error(
-                    ShapeError, conv.name, conv.type,
-                    f"bottom {b!r} is not produced by any earlier layer or input; check the bottom names",
-                )
-        produced.update(tops)
-    named = zip(entries, _ssa_names(entries))
+    producers: dict[str, tuple[Converter, Bottoms, list[str]]] = {}
 
-    for (conv, _, caffe_tops), (bottoms, tops) in named:
+    def lineage_of(names: list[str]):
+        return lambda i: ancestry(names[i], producers)
+
+    for (conv, _, caffe_tops), (bottoms, tops) in zip(entries, _ssa_names(entries)):
         for ssa, caffe in zip(tops, caffe_tops):
             caffe_name[ssa] = caffe
         if conv.role == "input":
-            declared = conv.infer([])
-            for top, caffe, shape in zip(tops, caffe_tops, declared):
-                shape = input_shapes.get(caffe, shape)
-                inputs[top] = shapes[top] = tuple(shape)
+            for top, caffe, shape in zip(tops, caffe_tops, conv.declared()):
+                if caffe in input_shapes:
+                    if shape is not None and tuple(shape[2:]) != tuple(input_shapes[caffe][2:]):
+                        resized.append((caffe, tuple(shape)))
+                    shape = input_shapes[caffe]
+                elif shape is None:
+                    shape = conv.default_shape(caffe)
+                    resized.append((caffe, None))
+                    warnings.warn(f"{conv.where + ': ' if conv.where else ''}layer {quote(conv.name)} ({conv.type}) "
+                                  f"does not say the shape of {quote(caffe)}: assuming {shape}; pass --input "
+                                  f"{caffe}=N,C,H,W to set it", ProtosegWarning, stacklevel=2)
+                inputs[top] = shapes[top] = conv.check_shape(tuple(shape), f"input {quote(caffe)}")
             continue
-        in_shapes = [shapes[b] for b in bottoms]
-        if getattr(conv, "needs_coordmap", False):
-            _infer_crop(conv, bottoms, producers)
+        in_shapes = Bottoms([shapes[b] for b in bottoms], lineage_of(bottoms))
         try:
-            out_shapes = conv.infer(in_shapes)
-            blob_shapes = conv.blob_shapes(in_shapes)
+            out_shapes = [conv.check_shape(tuple(s), f"top {quote(t)}")
+                          for s, t in zip(conv.infer(in_shapes), caffe_tops)]
+            blob_shapes = [conv.check_shape(tuple(s), f"parameter blob {i}")
+                           for i, s in enumerate(conv.blob_shapes(in_shapes))]
+        except ShapeError as e:
+            raise _fixed_size_hint(e, resized, [c for c, _, _ in entries]) from None
         except ProtosegError:
             raise
-        except (ValueError, IndexError, ZeroDivisionError) as e:
-            raise conv.shape_error(f"cannot infer shapes from bottoms {in_shapes}: {e}") from None
+        except (ValueError, IndexError, ZeroDivisionError, OverflowError, TypeError) as e:
+            raise conv.shape_error(f"cannot infer shapes from bottoms {list(in_shapes)}: {e}") from None
+        if len(out_shapes) != len(tops):
+            raise conv.shape_error(f"gives {len(out_shapes)} top shapes for {len(tops)} tops")
         for top, shape in zip(tops, out_shapes):
-            shapes[top] = tuple(shape)
-            producers[top] = (conv, bottoms)
-        layers.append(Layer(conv.name, conv.type, conv, bottoms, tops, caffe_tops, list(out_shapes), list(blob_shapes)))
+            shapes[top] = shape
+            producers[top] = (conv, in_shapes, bottoms)
+        layers.append(Layer(conv.name, conv.type, conv, bottoms, tops, list(caffe_tops), in_shapes, out_shapes,
+                            blob_shapes))
 
     unknown_inputs = set(input_shapes) - {caffe_name[i] for i in inputs}
-    if unknown_inputs:
+    if unknown_inputs and strict_inputs:
         raise ShapeError(
-            f"--input names {', '.join(sorted(unknown_inputs))} but the net's inputs are "
-            f"{', '.join(caffe_name[i] for i in inputs) or 'none'}"
+            f"{source + ': ' if source else ''}--input names {', '.join(map(quote, sorted(unknown_inputs)))} but the "
+            f"net's inputs are {', '.join(quote(caffe_name[i]) for i in inputs) or 'none'}"
         )
     _resolve_sharing(netparam, layers)
-    out_names = _outputs(layers, inputs, outputs, caffe_name)
+    out_names = _outputs(layers, inputs, outputs, caffe_name, source)
     data_tops = [caffe_name[i] for i in inputs]
     layers, inputs = _prune_unused(layers, inputs, out_names)
-    return Net(netparam.name, inputs, layers, out_names, pruned, caffe_name, data_tops)
+    return Net(netparam.name, inputs, layers, out_names, pruned, caffe_name, data_tops, fork, source)
 
 
-def _infer_crop(conv: Converter, bottoms: list[str], producers) -> None:
-    """A Crop without crop_param: offsets from the coordinate mapping, else 0 as BVLC Caffe does."""
-    offsets = crop_offsets(bottoms[0], bottoms[1], producers)
-    if offsets is None:
-        return
-    conv.inferred = offsets
-    warnings.warn(
-        f"layer {conv.name!r} (Crop) has no crop_param: offsets {offsets} (H, W) inferred from the coordinate "
-        f"mapping, as the Caffe of 2016 did; write crop_param {{ axis: 2 offset: ... }} to silence this",
-        ProtosegWarning,
-        stacklevel=3,
-    )
+def _fixed_size_hint(error: ShapeError, resized: list[tuple[str, Shape | None]],
+                     converters: list[Converter]) -> ShapeError:
+    """A shape error after an input was resized, in a net with layers that fix a spatial size (PSPNet's pyramid
+    Interps, SegNet's upsample_h/w): say that the net takes only the size it was built for, and why."""
+    fixed = [(c, why) for c in converters if (why := c.fixed_size()) is not None]
+    if not resized or not fixed:
+        return error
+    conv, why = fixed[0]
+    name, declared = resized[0]
+    size = f" (its prototxt declares {quote(name)} {'x'.join(map(str, declared))})" if declared else ""
+    return ShapeError(f"{error}; this net takes only the input size it was built for{size}, because layer "
+                      f"{quote(conv.name)} ({conv.type}) fixes a size ({why}): give that size with --input "
+                      f"{name}=N,C,H,W")
+
+
+def _external_inputs(entries, input_shapes: Mapping[str, Shape], netparam) -> list[str]:
+    """Blobs consumed before any layer of this phase produces them: inputs if ``--input`` gives their shape."""
+    produced: set[str] = set()
+    external: list[str] = []
+    for conv, bottoms, tops in entries:
+        for b in bottoms:
+            if b in produced:
+                continue
+            if b in input_shapes:
+                external.append(b)
+                produced.add(b)
+                continue
+            elsewhere = [lp.name for lp in netparam.layer if b in lp.top]
+            hint = (f"the layer that writes it, {quote(elsewhere[0])}, comes later" if elsewhere else
+                    "no layer of this phase writes it (a TRAIN-only data layer?)")
+            raise conv.shape_error(f"bottom {quote(b)} is not produced by any earlier layer or input: {hint}; "
+                                   f"check the bottom names, or give its shape with --input {b}=N,C,H,W")
+        produced.update(tops)
+    return external
 
 
 def _outputs(layers: list[Layer], inputs: Mapping[str, Shape], wanted: Sequence[str] | None,
-             caffe_name: Mapping[str, str]) -> list[str]:
+             caffe_name: Mapping[str, str], source: str) -> list[str]:
     produced = [t for layer in layers for t in layer.tops]
     if wanted:
         final = {caffe_name[t]: t for t in produced}  # the last write of each Caffe blob wins
         final.update({caffe_name[t]: t for t in inputs if caffe_name[t] not in final})
-        missing = [w for w in wanted if w not in final and w not in caffe_name]
+        missing = [w for w in wanted if w not in final]
         if missing:
-            raise ShapeError(f"no blob named {', '.join(map(repr, missing))}; blobs are: {', '.join(final)}")
-        return [final.get(w, w) for w in wanted]
+            listed = ", ".join(map(quote, list(final)[:20])) + (", ..." if len(final) > 20 else "")
+            raise ShapeError(f"{source + ': ' if source else ''}no blob named {', '.join(map(quote, missing))}; "
+                             f"blobs are: {listed}")
+        return [final[w] for w in wanted]
     consumed = {b for layer in layers for b in layer.bottoms}
     return [t for t in produced if t not in consumed and t == caffe_name[t]]
 
@@ -223,7 +325,9 @@ def _prune_unused(layers: list[Layer], inputs: dict[str, Shape], outputs: list[s
 
 def _resolve_sharing(netparam, layers: list[Layer]) -> None:
     """Caffe's param sharing: the first layer naming a param owns it; later ones must match its shape."""
-    specs = {lp.name: [p.name for p in lp.param] for lp in netparam.layer}
+    specs: dict[str, list[str]] = {}
+    for lp in netparam.layer:
+        specs.setdefault(lp.name, [p.name for p in lp.param])
     owner_of: dict[str, tuple[Layer, int]] = {}
     for layer in layers:
         names = specs.get(layer.name, [])
@@ -235,12 +339,11 @@ def _resolve_sharing(netparam, layers: list[Layer]) -> None:
                 if owner.blob_shapes[j] != shape:
                     raise layer_error(
                         ShapeError, layer.name, layer.type,
-                        f"shares param {pname!r} with layer {owner.name!r}, but its blob {i} is {shape} "
-                        f"and the owner's is {owner.blob_shapes[j]}",
+                        f"shares param {quote(pname)} with layer {quote(owner.name)}, but its blob {i} is {shape} "
+                        f"and the owner's is {owner.blob_shapes[j]}", layer.where,
                     )
                 layer.owners.append((owner.name, j))
             else:
                 if pname:
                     owner_of[pname] = (layer, i)
                 layer.owners.append((layer.name, i))
-

@@ -1,54 +1,85 @@
-"""The one-call path from files to a model: prototxt (+ caffemodel) -> IR -> GraphModule."""
+"""The one path from files to a model: prototxt (+ caffemodel) -> fork -> V2 net -> IR -> GraphModule.
+
+``info``, ``verify``, ``convert``, ``run`` and the pycaffe façade all open nets through :func:`open_net`, so a
+file reads the same way everywhere: the prototxt is parsed as written, its fork detected (from the prototxt's
+fields and layer types and the caffemodel's blob counts) unless given, then upgraded to V2 and filtered by
+phase, and its shapes inferred with that fork's converters.
+"""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from torch import fx
-
-from protoseg.graph import to_graph
-from protoseg.io.upgrade import load_net
-from protoseg.io.weights import read_weights
+from protoseg import forks
+from protoseg.io.prototxt import read_prototxt
+from protoseg.io.upgrade import filter_net, upgrade_net
+from protoseg.io.weights import WeightsFile, open_weights
 from protoseg.ir import Net, build_net
+from protoseg.layers.base import converter_for, forks_defining
 from protoseg.params import WeightReport, match_weights
 
 PathLike = str | os.PathLike
 
 
-def load_ir(
+@dataclass
+class OpenNet:
+    """A prototxt read as its fork reads it, with its weights matched (problems collected, not raised)."""
+
+    netparam: object  # the upgraded, phase-filtered caffe_pb2.NetParameter
+    net: Net
+    detection: forks.Detection
+    weights: WeightsFile | None = None
+    report: WeightReport | None = None
+
+    def graph(self):
+        """The GraphModule with the weights loaded; raises WeightMismatchError when they do not fit."""
+        from protoseg.graph import to_graph
+
+        if self.report is None:
+            return to_graph(self.net)
+        self.report.raise_if_bad(str(self.weights.path))
+        return to_graph(self.net, self.report.blobs)
+
+
+def blob_counts(fork: str, type_name: str) -> tuple[int, ...]:
+    """How many blobs a caffemodel stores for a ``type_name`` layer of ``fork`` (for fork detection)."""
+    cls = converter_for(type_name, fork)
+    return tuple(getattr(cls, "stored_blobs", ())) if cls is not None else ()
+
+
+def detect_fork(raw_netparam, weights: WeightsFile | None = None) -> forks.Detection:
+    """The fork that wrote a prototxt as parsed (before the upgrade), with its caffemodel when there is one."""
+    stored = {layer.name: len(layer.blobs) for layer in weights.layers} if weights is not None else None
+    return forks.detect(raw_netparam, stored, defined_by=forks_defining, blob_counts=blob_counts)
+
+
+def open_net(
     prototxt: PathLike,
     weights: PathLike | None = None,
     *,
-    defines: Mapping[str, str] | None = None,
+    defines: Mapping[str, object] | None = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     outputs: Sequence[str] | None = None,
     phase: str = "TEST",
     stages: Sequence[str] = (),
-) -> tuple[Net, WeightReport | None]:
-    """Parse, upgrade and shape-infer ``prototxt``; match ``weights`` against it when given (problems are
-    collected in the report, not raised, so ``info`` can list them all)."""
-    netparam = load_net(prototxt, defines, phase=phase, stages=tuple(stages))
-    net = build_net(netparam, input_shapes, outputs)
-    report = match_weights(net, read_weights(weights)) if weights is not None else None
-    return net, report
-
-
-def convert(
-    netparam,
-    weights: PathLike,
-    *,
-    input_shapes: Mapping[str, Sequence[int]] | None = None,
-    outputs: Sequence[str] | None = None,
-) -> tuple[Net, fx.GraphModule]:
-    """IR and GraphModule of an upgraded ``NetParameter`` with ``weights`` loaded.
-
-    Raises :class:`~protoseg.errors.WeightMismatchError` when the caffemodel does not fit the net.
-    """
-    net = build_net(netparam, input_shapes, outputs)
-    report = match_weights(net, read_weights(weights))
-    report.raise_if_bad(str(weights))
-    return net, to_graph(net, report.blobs)
+    fork: str | None = None,
+    strict_inputs: bool = True,
+) -> OpenNet:
+    """Read ``prototxt`` (and ``weights``) into an :class:`OpenNet`; ``fork`` overrides detection (see
+    :func:`protoseg.ir.build_net` for the other arguments)."""
+    raw = read_prototxt(prototxt, defines)
+    wf = open_weights(weights) if weights is not None else None
+    if fork is None:
+        detection = detect_fork(raw, wf)
+    else:
+        detection = forks.Detection(forks.get(fork).name, overridden=True)
+    netparam = filter_net(upgrade_net(raw), phase, tuple(stages))
+    net = build_net(netparam, input_shapes, outputs, fork=detection.fork, source=str(prototxt),
+                    strict_inputs=strict_inputs)
+    report = match_weights(net, {layer.name: layer.blobs for layer in wf.layers}) if wf is not None else None
+    return OpenNet(netparam, net, detection, wf, report)
 
 
 def load(
@@ -58,10 +89,11 @@ def load(
     defines: Mapping[str, str] | None = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     outputs: Sequence[str] | None = None,
-) -> fx.GraphModule:
+    fork: str | None = None,
+):
     """The converted net as a ``torch.fx.GraphModule`` in eval mode, weights loaded.
 
     Raises :class:`~protoseg.errors.WeightMismatchError` when the caffemodel does not fit the prototxt.
     """
-    netparam = load_net(prototxt, defines)
-    return convert(netparam, weights, input_shapes=input_shapes, outputs=outputs)[1]
+    return open_net(prototxt, weights, defines=defines, input_shapes=input_shapes, outputs=outputs,
+                    fork=fork).graph()

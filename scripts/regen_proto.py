@@ -35,7 +35,8 @@ def generate(out_dir: Path, proto: Path = PROTO) -> Path:
     from grpc_tools import protoc  # imported here: only this script and its test need grpcio-tools
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    args = ["grpc_tools.protoc", f"-I{proto.parent}", f"--python_out={out_dir}", str(proto)]
+    well_known = Path(protoc.__file__).parent / "_proto"  # google/protobuf/descriptor.proto, for our options
+    args = ["grpc_tools.protoc", f"-I{proto.parent}", f"-I{well_known}", f"--python_out={out_dir}", str(proto)]
     if protoc.main(args) != 0:
         raise RuntimeError(f"protoc failed on {proto} (its message is above)")
     return out_dir / f"{proto.stem}_pb2.py"

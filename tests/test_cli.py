@@ -117,7 +117,7 @@ def test_verify_names_first_divergence(tiny, tmp_path, capsys) -> None:
     [
         (["info", "{net}", "--define", "NOEQUALS"], "NAME=VALUE"),
         (["info", "{net}", "--input", "data=1,x"], "NAME=N,C,H,W"),
-        (["info", "{net}", "--input", "label=1,1,4,4"], "--input names label"),
+        (["info", "{net}", "--input", "label=1,1,4,4"], "--input names 'label'"),
         (["verify", "{net}", "{model}", "-r", "{net}"], "cannot be read as an .npz"),
         (["info", "{net}", "{net}"], "text prototxt"),
         (["info", "{tmp}/missing.prototxt"], "does not exist"),
@@ -137,7 +137,7 @@ def test_unknown_layer_type_is_named(tmp_path, capsys) -> None:
     net.write_text(NET.replace('type: "ReLU"', 'type: "ReLu"'))
     assert main(["info", str(net)]) == 2
     err = capsys.readouterr().err
-    assert "layer 'relu' (ReLu): protoseg has no converter" in err and "did you mean 'ReLU'" in err
+    assert f"{net}:6: layer 'relu' (ReLu): no Caffe protoseg reads" in err and "did you mean 'ReLU'" in err
 
 
 def test_wrong_blob_count_is_refused(tiny, tmp_path, capsys) -> None:
@@ -147,7 +147,8 @@ def test_wrong_blob_count_is_refused(tiny, tmp_path, capsys) -> None:
     x = np.zeros((1, 3, 12, 10), np.float32)
     np.savez(tmp_path / "ref.npz", data=x)
     assert main(["verify", str(net), str(bad), "-r", str(tmp_path / "ref.npz")]) == 2
-    assert "layer 'conv' (Convolution) has 1 blobs in the file but the prototxt implies 2" in capsys.readouterr().err
+    assert f"layer 'conv' (Convolution) at {net}:4 has 1 blobs in the file but the prototxt implies 2" in \
+        capsys.readouterr().err
 
 
 def test_upgrade_writes_v2(tmp_path, capsys) -> None:

@@ -17,7 +17,7 @@ from protoseg.io.weights import write_weights
 from protoseg.run.demo import DEMO_DIR
 from protoseg.run.palette import VOC_PALETTE
 from protoseg.run.predict import Segmenter
-from protoseg.run.preprocess import Preprocess, read_image
+from protoseg.run.preprocess import read_image
 from tests.conftest import FIXTURES, IMAGES, SHARED, need
 
 PROTOTXT = DEMO_DIR / "demo.prototxt"
@@ -149,35 +149,36 @@ def test_run_batch_size_must_be_positive(images: list[Path], tmp_path: Path) -> 
     assert main(["run", str(PROTOTXT), str(WEIGHTS), str(images[0]), "-o", str(tmp_path), "-b", "0"]) == 2
 
 
-def test_run_pt2(images: list[Path], tmp_path: Path, capsys) -> None:
+def test_run_pt2_from_convert(images: list[Path], tmp_path: Path, capsys, monkeypatch) -> None:
+    """A .pt2 written by `protoseg convert` runs with its recorded preprocessing, never through
+    torch.export.load (which can run code from the file)."""
+    pt2 = tmp_path / "demo.pt2"
+    assert main(["convert", str(PROTOTXT), str(WEIGHTS), "-o", str(pt2)]) == 0
+    monkeypatch.setattr(torch.export, "load", lambda *a, **k: pytest.fail("torch.export.load was called"))
+    capsys.readouterr()
+    assert main(["run", str(pt2), str(images[0]), "-o", str(tmp_path / "o1"), "--save-scores"]) == 0
+    scores = np.load(tmp_path / "o1" / f"{images[0].stem}_scores.npy")
+    direct = Segmenter.from_caffe(PROTOTXT, WEIGHTS).predict_arrays([read_image(images[0])])[0].scores
+    np.testing.assert_allclose(scores, direct, rtol=1e-6, atol=1e-6)  # mean and scale came along
+    assert main(["run", str(pt2), str(images[0]), "-o", str(tmp_path / "o2"), "--mean", "0", "--save-scores"]) == 0
+    assert not np.allclose(np.load(tmp_path / "o2" / f"{images[0].stem}_scores.npy"), scores)  # --mean overrides
+    assert main(["run", str(pt2), str(images[0]), "-o", str(tmp_path / "o3"), "-w", str(WEIGHTS)]) == 2
+    assert "holds its own weights" in capsys.readouterr().err
+
+
+def test_run_refuses_pt2_not_written_by_protoseg(images: list[Path], tmp_path: Path, capsys) -> None:
     from protoseg.loader import load
 
-    gm = load(PROTOTXT, WEIGHTS)
-    example = torch.zeros(1, 3, 48, 48)
-    program = torch.export.export(gm, (example,))  # fixed 48x48: images are padded to it and cropped back
-    pt2 = tmp_path / "demo.pt2"
+    program = torch.export.export(load(PROTOTXT, WEIGHTS), (torch.zeros(1, 3, 48, 48),))
+    pt2 = tmp_path / "plain.pt2"
     torch.export.save(program, str(pt2))
-    out = tmp_path / "out"
-    assert main(["run", str(pt2), str(images[0]), "-o", str(out), "--mean", "128"]) == 2  # 96x96 > 48x48
-    assert "cannot take a larger one" in capsys.readouterr().err
-    small = tmp_path / "small.png"
-    Image.fromarray(read_image(images[0])[:40, :44]).save(small)
-    assert main(["run", str(pt2), str(small), "-o", str(tmp_path / "o2"), "--mean", "128", "--save-scores"]) == 0
-    scores = np.load(tmp_path / "o2" / "small_scores.npy")
-    assert scores.shape == (4, 40, 44)
-    # a .pt2 records no transform_param: only --mean applies (no scale), padded to the exported size
-    blob, _ = Preprocess(mean=np.full(3, 128.0), pad_to=(48, 48)).blob(read_image(small))
-    with torch.no_grad():
-        expected = gm(torch.from_numpy(blob[None]))[0, :, :40, :44].numpy()
-    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-5)
-    assert main(["run", str(pt2), str(small), "-o", str(tmp_path / "o3")]) == 2
-    assert "records no preprocessing; pass --mean" in capsys.readouterr().err
-    assert main(["run", str(pt2), str(small), "-o", str(tmp_path / "o3"), "--mean", "0", "-w", str(WEIGHTS)]) == 2
-    assert "holds its own weights" in capsys.readouterr().err
+    assert main(["run", str(pt2), str(images[0]), "-o", str(tmp_path / "o"), "--mean", "128"]) == 2
+    err = capsys.readouterr().err
+    assert "not written by 'protoseg convert'" in err and "torch.export.load can run code" in err
     not_pt2 = tmp_path / "fake.pt2"
     not_pt2.write_bytes(b"nope")
-    assert main(["run", str(not_pt2), str(small), "-o", str(tmp_path / "o4"), "--mean", "0"]) == 2
-    assert "cannot be loaded with torch.export.load" in capsys.readouterr().err
+    assert main(["run", str(not_pt2), str(images[0]), "-o", str(tmp_path / "o4"), "--mean", "0"]) == 2
+    assert "cannot be read as a .pt2 archive" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -123,9 +123,9 @@ def test_row_keys_fallback_equals_int64_codes(monkeypatch: pytest.MonkeyPatch) -
     g = torch.Generator().manual_seed(4)
     features = torch.rand(300, 5, generator=g) * 40
     values = torch.rand(300, 3, generator=g)
-    coded = crf._Lattice(features)
+    coded = crf.Lattice(features)
     monkeypatch.setattr(crf, "_CODE_LIMIT", 0)
-    rows = crf._Lattice(features)
+    rows = crf.Lattice(features)
     assert rows.size == coded.size
     torch.testing.assert_close(rows.filter(values), coded.filter(values))
 
@@ -135,7 +135,7 @@ def test_gather_path_equals_sparse_path() -> None:
     g = torch.Generator().manual_seed(6)
     features = torch.rand(500, 5, generator=g) * 6
     values = torch.rand(500, 4, generator=g)
-    lattice = crf._Lattice(features)
+    lattice = crf.Lattice(features)
     sparse = lattice.filter(values)
     lattice.sparse = False
     torch.testing.assert_close(lattice.filter(values), sparse, rtol=1e-5, atol=1e-6)

@@ -12,11 +12,10 @@ import math
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from protoseg.errors import UnsupportedLayerError
 from protoseg.info import describe
-from protoseg.layers import converter_for
 from protoseg.verify import format_report, verify_files
 from tests.conftest import FIXTURES, SHARED
 
@@ -46,10 +45,6 @@ def test_layer_case_matches_caffe(path: Path) -> None:
                                defines=case.get("defines"), rtol=case["rtol"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if path.name == "densecrf" and converter_for("DenseCRF") is None:
-            with pytest.raises(UnsupportedLayerError, match="DenseCRF"):
-                run()
-            return
         _check(run(), case)
 
 
@@ -58,8 +53,6 @@ def test_layer_case_weights_match_prototxt(path: Path) -> None:
     case = _case(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if converter_for("DenseCRF") is None and path.name == "densecrf":
-            pytest.skip("DenseCRF is not converted yet")
         summary = describe(path / case["prototxt"], path / case["weights"])
     assert summary["weights"]["ok"], summary["weights"]["problems"]
 
@@ -69,6 +62,16 @@ def _materialize():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+#: Net cases whose float32 result hinges on a near-tie, verified in float64 (protoseg's arithmetic without
+#: float32's rounding; Caffe's float32 happened to round the way exact arithmetic does).
+NEAR_TIES = {
+    # pool2 of this random-weight SegNet holds a window whose two largest values differ by 8e-5 at 149.6 (5e-7
+    # relative): float32 summation orders other than Caffe's BLAS flip its argmax, the Upsample that uses the
+    # mask then moves one value, and prob differs around it. In float64 every blob matches to 2.5e-5.
+    "segnet_inference": "fp64",
+}
 
 
 @pytest.mark.parametrize("path", _cases("nets"), ids=lambda p: p.name)
@@ -84,6 +87,8 @@ def test_net_case_matches_caffe(path: Path, tmp_path: Path) -> None:
     if all(t in materialize.V1_TYPES or e is not None for t, e in types.values()):
         formats.insert(0, "v1")
     native = "v1" if case["caffe"] == "deeplab-v1" else "v2"
+    with np.load(path / case["reference"]) as ref:  # the size Caffe ran it at (SegNet's is fixed)
+        shapes = {name: ref[name].shape for name in case["inputs"]}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for fmt in formats:
@@ -92,10 +97,10 @@ def test_net_case_matches_caffe(path: Path, tmp_path: Path) -> None:
                 materialize.write_hdf5(weights, layers)
             else:
                 materialize.write_binary(weights, layers, types, fmt)
-            summary = describe(prototxt, weights, defines=case.get("defines"))
+            summary = describe(prototxt, weights, defines=case.get("defines"), input_shapes=shapes)
             assert summary["weights"]["ok"], (fmt, summary["weights"]["problems"])
             assert summary["total_params"] == unique
             if fmt == native:
                 _check(verify_files(prototxt, weights, path / case["reference"], defines=case.get("defines"),
-                                    rtol=case["rtol"]), case)
+                                    rtol=case["rtol"], precision=NEAR_TIES.get(path.name, "fp32")), case)
             weights.unlink()

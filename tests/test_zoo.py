@@ -50,7 +50,7 @@ def _inference_layers(net: caffe_pb2.NetParameter) -> list[caffe_pb2.LayerParame
         lp = caffe_pb2.LayerParameter()
         lp.CopyFrom(layer)
         # strict_dim is DeepLab v1's training-time flag for reshaping fc weights; it changes no computation.
-        for field in ("include", "exclude", "phase", "loss_weight", "propagate_down", "strict_dim"):
+        for field in ("include", "exclude", "phase", "loss_weight", "propagate_down", "strict_dim", "protoseg_line"):
             lp.ClearField(field)
         for spec in lp.param:
             spec.ClearField("lr_mult")

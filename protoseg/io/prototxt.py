@@ -48,7 +48,18 @@ def parse_prototxt(
         raise _position_error(exc, filename, substituted, columns) from None
     if len(net.layer) and len(net.layers):
         raise ParseError(_mix_message(lines, code_ends, filename))
+    _record_lines(net, lines, code_ends)
     return net
+
+
+def _record_lines(net: caffe_pb2.NetParameter, lines: list[str], code_ends: list[int]) -> None:
+    """Note in each layer the line its block starts on, so that later errors can point at it."""
+    starts = _top_level(lines, code_ends, ("layer", "layers"))
+    for field_name in ("layer", "layers"):
+        layers, found = getattr(net, field_name), starts.get(field_name, [])
+        if len(found) == len(layers):
+            for layer, (line, _) in zip(layers, found):
+                layer.protoseg_line = line
 
 
 def read_prototxt(path: str | Path, defines: Mapping[str, object] | None = None) -> caffe_pb2.NetParameter:
@@ -66,8 +77,12 @@ def read_prototxt(path: str | Path, defines: Mapping[str, object] | None = None)
 
 
 def format_net(net: caffe_pb2.NetParameter) -> str:
-    """Caffe text format of ``net``, the output of ``protoseg upgrade``."""
-    return text_format.MessageToString(net, as_utf8=True)
+    """Caffe text format of ``net``, the output of ``protoseg upgrade`` (without protoseg's line notes)."""
+    clean = caffe_pb2.NetParameter()
+    clean.CopyFrom(net)
+    for layer in list(clean.layer) + list(clean.layers):
+        layer.ClearField("protoseg_line")
+    return text_format.MessageToString(clean, as_utf8=True)
 
 
 def _decode(data: bytes, filename: str) -> str:
@@ -230,7 +245,12 @@ def _mix_message(lines: list[str], code_ends: list[int], filename: str) -> str:
 
 def _first_top_level(lines: list[str], code_ends: list[int], names: tuple[str, ...]) -> dict[str, tuple[int, int]]:
     """1-based positions of the first top-level occurrence of each field name in ``names``."""
-    found: dict[str, tuple[int, int]] = {}
+    return {name: found[0] for name, found in _top_level(lines, code_ends, names).items()}
+
+
+def _top_level(lines: list[str], code_ends: list[int], names: tuple[str, ...]) -> dict[str, list[tuple[int, int]]]:
+    """1-based (line, column) of every top-level occurrence of each field name in ``names``, in order."""
+    found: dict[str, list[tuple[int, int]]] = {}
     depth = 0
     for lineno, (line, end) in enumerate(zip(lines, code_ends), start=1):
         i = 0
@@ -248,7 +268,7 @@ def _first_top_level(lines: list[str], code_ends: list[int], names: tuple[str, .
                 depth -= 1
             elif depth == 0 and (m := _IDENT.match(line, i)) is not None:
                 if m.group() in names:
-                    found.setdefault(m.group(), (lineno, i + 1))
+                    found.setdefault(m.group(), []).append((lineno, i + 1))
                 i = m.end()
                 continue
             i += 1

@@ -89,6 +89,23 @@ V1_TYPE_NAMES: dict[str, str] = {
     "RELATIVE_ERROR": "RelativeError",
     "SEG_ACCURACY": "SegAccuracy",
     "UNIQUE_LABEL": "UniqueLabel",
+    # DeconvNet's fork (HyeonwooNoh/caffe: V1 only, layer classes <Name>Layer registered by enum), whose CROP is
+    # also CRF-as-RNN's and HED's coordinate-map crop; CRF-as-RNN's 2015 fork (torrvision/crfasrnn).
+    "CROP": "Crop",
+    "BN": "BN",
+    "UNPOOLING": "Unpooling",
+    "ELTWISE_ACCURACY": "EltwiseAccuracy",
+    "RED_SOFTMAX_LOSS": "RedSoftmaxWithLoss",
+    "RED_ACCURACY": "RedAccuracy",
+    "BIN_ACCURACY": "BinaryAccuracy",
+    "WINDOW_SEG_DATA": "WindowSegData",
+    "WINDOW_INST_SEG_DATA": "WindowInstSegData",
+    "WINDOW_CLS_DATA": "WindowClsData",
+    "WINDOW_SEG_BINARY": "WindowSegBinary",
+    "SELECT_SEG_BINARY": "SelectSegBinary",
+    "DROPOUT_CHANNEL": "DropoutChannel",
+    "MULTI_STAGE_MEANFIELD": "MultiStageMeanfield",
+    "SIMPLE_FAST_MEANFIELD": "SimpleFastMeanfield",
 }
 
 #: V0 type string → V1 enum name (BVLC ``UpgradeV0LayerType``).
@@ -328,6 +345,7 @@ def _upgrade_v0_layer(conn: V1Layer) -> V1Layer:
     out = V1Layer()
     out.bottom.extend(conn.bottom)
     out.top.extend(conn.top)
+    out.protoseg_line = conn.protoseg_line
     if not conn.HasField("layer"):
         return out
     v0 = conn.layer

@@ -30,10 +30,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from protoseg.errors import FormatError, ProtosegWarning
+from protoseg.errors import FormatError, ProtosegWarning, quote
 
 if TYPE_CHECKING:
-    import h5py
+    pass
 
 __all__ = ["HDF5_MAGIC", "LayerWeights", "WeightsFile", "open_weights", "read_weights", "write_weights"]
 
@@ -56,6 +56,13 @@ _UNPACKED_FLOAT = np.dtype([("key", "u1"), ("value", "<f4")])
 _UNPACKED_DOUBLE = np.dtype([("key", "u1"), ("value", "<f8")])
 
 _TEXT_BYTES = frozenset(range(0x20, 0x7F)) | {0x09, 0x0A, 0x0D}
+
+#: Most layer entries read from a file: the largest published nets have about 1,000 layers; a file of
+#: millions of (possibly empty) entries is garbage, refused before it costs seconds and gigabytes.
+MAX_LAYERS = 100_000
+#: Caffe's ``Blob`` limits: at most 32 axes and INT_MAX values.
+MAX_AXES = 32
+MAX_COUNT = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -227,6 +234,9 @@ class _Scanner:
             number, wire, a, pos = self._field(pos, self.size, top=True)
             if wire != _LEN:
                 continue
+            if len(layers) >= MAX_LAYERS:
+                raise FormatError(f"{self.path}: more than {MAX_LAYERS:,} layer entries (the next at byte {at}); "
+                                  "real nets have a few thousand at most: this is not a caffemodel, or it is corrupt")
             if number == _NET_NAME:
                 name = self._string(a, pos)
             elif number == _NET_LAYER_V2:
@@ -317,11 +327,18 @@ class _Scanner:
                 run, pos = self._unpacked(a, end, _UNPACKED_DOUBLE, 0x41)
                 doubles.append(run)
         shape = tuple(legacy) if has_legacy else tuple(dims)
+        where = f"layer {quote(layer)} blob {index} (byte {at})"
+        if len(shape) > MAX_AXES:
+            raise FormatError(f"{self.path}: {where}: {len(shape)} axes; Caffe blobs have at most {MAX_AXES}, so "
+                              "the file is corrupt")
+        if any(d < 0 or d > MAX_COUNT for d in shape):
+            raise FormatError(f"{self.path}: {where}: dimension out of range in shape {quote(shape)}; the file is "
+                              "corrupt")
+        if math.prod(shape) > MAX_COUNT:
+            raise FormatError(f"{self.path}: {where}: shape {quote(shape)} holds more than the {MAX_COUNT:,} values "
+                              "a Caffe blob can; the file is corrupt")
         parts = doubles or floats
         data = parts[0] if len(parts) == 1 else np.concatenate(parts or [np.empty(0, "<f4")])
-        where = f"layer {layer!r} blob {index} (byte {at})"
-        if any(d < 0 for d in shape):
-            raise FormatError(f"{self.path}: {where}: negative dimension in shape {shape}; the file is corrupt")
         if math.prod(shape) != data.size:
             raise FormatError(f"{self.path}: {where}: shape {shape} needs {math.prod(shape)} values but the file "
                               f"holds {data.size}; the file is corrupt or was written by a broken tool")
@@ -337,9 +354,11 @@ class _Scanner:
                 dims.append(a)
             elif wire == _LEN:  # packed
                 p, stop = a, pos
-                while p < stop:
+                while p < stop and len(dims) <= MAX_AXES:
                     d, p = self._varint(p, stop)
                     dims.append(d)
+            if len(dims) > MAX_AXES:
+                raise self._garbage(pos, f"a blob shape with more than {MAX_AXES} axes (Caffe's limit)")
         return [d - (1 << 64) if d >= 1 << 63 else d for d in dims]
 
     def _packed(self, start: int, stop: int, dtype: str) -> np.ndarray:
@@ -352,14 +371,25 @@ class _Scanner:
         """Read a run of one-field-per-element values (old writers) without a Python loop per element.
 
         ``pos`` is where the first value starts (its key is already read); the run continues while the next
-        record starts with the same one-byte key. Returns the values and the position after the run.
+        record starts with the same one-byte key. Returns the values and the position after the run. The run
+        is scanned in windows that double in size, so the work is linear in the run, not in the rest of the
+        message (many short runs in a long blob stay cheap).
         """
         first = np.frombuffer(self.buf, records["value"], 1, pos)
         pos += first.itemsize
-        view = np.frombuffer(self.buf, records, (end - pos) // records.itemsize, pos)
-        bad = np.flatnonzero(view["key"] != key)
-        n = int(bad[0]) if bad.size else view.size
-        return np.concatenate([first, view["value"][:n]]), pos + n * records.itemsize
+        start, n, window = pos, 0, 256
+        available = (end - pos) // records.itemsize
+        while n < available:
+            take = min(window, available - n)
+            view = np.frombuffer(self.buf, records, take, start + n * records.itemsize)
+            bad = np.flatnonzero(view["key"] != key)
+            if bad.size:
+                n += int(bad[0])
+                break
+            n += take
+            window *= 2
+        values = np.frombuffer(self.buf, records, n, start)["value"]
+        return np.concatenate([first, values]), start + n * records.itemsize
 
 
 def _dedupe(path: Path, layers: list[LayerWeights]) -> list[LayerWeights]:
@@ -381,55 +411,112 @@ def _dedupe(path: Path, layers: list[LayerWeights]) -> list[LayerWeights]:
     return out
 
 
+#: Deflate (HDF5's gzip filter) cannot expand data more than this; bounds what a compressed dataset may declare.
+_DEFLATE_RATIO = 1032
+#: Deepest group nesting walked (layer names with '/' nest: PSPNet's go 2 deep).
+_MAX_DEPTH = 32
+
+
 def _read_hdf5(path: Path) -> WeightsFile:
     """Caffe's ``Net::ToHDF5`` layout: ``/data/<layer>/<blob index>``.
 
     Caffe's own files do not record creation order, so their layers come back in name order; Caffe matches
     layers by name, so this loses nothing. Files from :func:`write_weights` keep the order.
+
+    The walk follows hard links only (a soft or external link is refused: Caffe writes none, and an external
+    one would pull data from another file), visits each group once (a link cycle cannot recurse), and checks
+    every dataset's declared shape and dtype against Caffe's blob limits and against the bytes the file
+    really stores for it before reading anything. Contiguous datasets are mapped from the file, not read.
     """
     import h5py
 
     try:
         with h5py.File(path, "r") as f:
-            data = f.get("data")
-            if not isinstance(data, h5py.Group):
+            data = f.get("data", getlink=True)
+            if not isinstance(data, h5py.HardLink) or not isinstance(f["data"], h5py.Group):
                 raise FormatError(f"{path}: an HDF5 file without a /data group, so not Caffe HDF5 weights "
-                                  f"(top-level entries: {', '.join(list(f)[:8]) or 'none'}); pass the "
+                                  f"(top-level entries: {', '.join(map(quote, list(f)[:8])) or 'none'}); pass the "
                                   ".caffemodel.h5 that Caffe saved")
-            layers: list[LayerWeights] = []
-            _hdf5_layers(path, data, "", layers)
-    except (OSError, KeyError, ValueError) as e:
-        raise FormatError(f"{path}: the HDF5 file cannot be read ({e}); it is probably truncated or "
-                          "corrupt, fetch it again") from None
+            walk = _Hdf5Walk(path, f.userblock_size)
+            walk.group(f["data"], "", 0)
+            layers = walk.layers
+    except FormatError:
+        raise
+    except (OSError, KeyError, ValueError, RuntimeError, TypeError, RecursionError) as e:
+        raise FormatError(f"{path}: the HDF5 file is corrupt or truncated ({type(e).__name__}: "
+                          f"{quote(str(e), 200)[1:-1]}); if it was downloaded, fetch it again") from None
     return WeightsFile(path, "hdf5", "", layers)
 
 
-def _hdf5_layers(path: Path, group: h5py.Group, prefix: str, out: list[LayerWeights],
-                 keys: list[str] | None = None) -> None:
-    """Collect layer groups; a name with '/' becomes nested groups in HDF5, so walk them back together."""
-    import h5py
+class _Hdf5Walk:
+    """Collects layer groups under /data: a name with '/' becomes nested groups in HDF5, so walk them back."""
 
-    for key in group if keys is None else keys:
-        item = group[key]
-        name = prefix + key
-        if not isinstance(item, h5py.Group):
-            raise FormatError(f"{path}: /data/{name} is not a layer group; Caffe HDF5 weights are "
-                              "/data/<layer>/<blob index>")
-        datasets = {k: v for k, v in item.items() if isinstance(v, h5py.Dataset)}
-        subgroups = [k for k in item if k not in datasets]
-        if subgroups:  # layers named "<name>/<more>" (PSPNet's "conv5_3_pool1_conv/bn") nest inside
-            _hdf5_layers(path, item, name + "/", out, subgroups)
-            if not datasets:
-                continue
+    def __init__(self, path: Path, userblock: int) -> None:
+        self.path, self.userblock = path, userblock
+        self.size = path.stat().st_size
+        self.seen: set = set()
+        self.layers: list[LayerWeights] = []
+
+    def group(self, group, prefix: str, depth: int) -> None:
+        import h5py
+
+        if group.id in self.seen or depth > _MAX_DEPTH:
+            raise FormatError(f"{self.path}: /data/{quote(prefix)[1:-1]} links back into the group tree (or nests "
+                              f"deeper than {_MAX_DEPTH}); Caffe HDF5 weights are /data/<layer>/<blob index>")
+        self.seen.add(group.id)
+        datasets: dict[str, object] = {}
+        nested = False
+        for key in group:
+            where = f"/data/{prefix}{key}"
+            link = group.get(key, getlink=True)
+            if not isinstance(link, h5py.HardLink):
+                kind = "an external link to another file" if isinstance(link, h5py.ExternalLink) else "a soft link"
+                raise FormatError(f"{self.path}: {quote(where)} is {kind}; Caffe HDF5 weights hold their data "
+                                  "themselves, so protoseg follows no links")
+            item = group[key]
+            if isinstance(item, h5py.Group):
+                self.group(item, f"{prefix}{key}/", depth + 1)  # PSPNet's "conv5_3_pool1_conv/bn"
+                nested = True
+            elif isinstance(item, h5py.Dataset):
+                datasets[key] = item
+            else:
+                raise FormatError(f"{self.path}: {quote(where)} is neither a group nor a dataset")
+        if not prefix:
+            if datasets:
+                raise FormatError(f"{self.path}: /data/{quote(next(iter(datasets)))[1:-1]} is not a layer group; "
+                                  "Caffe HDF5 weights are /data/<layer>/<blob index>")
+            return
+        if nested and not datasets:
+            return  # only deeper groups: the start of layer names containing '/'
         if sorted(datasets, key=lambda k: (len(k), k)) != [str(i) for i in range(len(datasets))]:
-            raise FormatError(f"{path}: /data/{name} holds {sorted(datasets)}; blobs must be named 0, 1, ...")
-        blobs = []
-        for i in range(len(datasets)):
-            a = np.asarray(datasets[str(i)][()])
-            if a.dtype.kind != "f":
-                raise FormatError(f"{path}: /data/{name}/{i} has dtype {a.dtype}; Caffe blobs are float")
-            blobs.append(a.astype(a.dtype.newbyteorder("="), copy=False))
-        out.append(LayerWeights(name, "", blobs))
+            raise FormatError(f"{self.path}: /data/{quote(prefix.rstrip('/'))[1:-1]} holds "
+                              f"{', '.join(map(quote, sorted(datasets)[:8]))}; blobs must be named 0, 1, ...")
+        if len(self.layers) >= MAX_LAYERS:
+            raise FormatError(f"{self.path}: more than {MAX_LAYERS:,} layers; this is not a caffemodel")
+        name = prefix.rstrip("/")
+        self.layers.append(LayerWeights(name, "", [self.blob(name, datasets[str(i)]) for i in range(len(datasets))]))
+
+    def blob(self, layer: str, dset) -> np.ndarray:
+        where = f"{self.path}: /data/{quote(layer)[1:-1]}/{dset.name.rsplit('/', 1)[-1]}"
+        dtype, shape = dset.dtype, tuple(dset.shape or ())
+        if dtype.kind != "f" or dtype.itemsize not in (4, 8):
+            raise FormatError(f"{where} has dtype {dtype}; Caffe blobs are float32 or float64")
+        if len(shape) > MAX_AXES or math.prod(shape) > MAX_COUNT:
+            raise FormatError(f"{where} declares shape {quote(shape)}, beyond Caffe's blob limits; the file is corrupt")
+        nbytes = math.prod(shape) * dtype.itemsize
+        stored = dset.id.get_storage_size()
+        offset = dset.id.get_offset()
+        if offset is not None and dset.compression is None and not dset.chunks:
+            start = offset + self.userblock
+            if stored < nbytes or start + nbytes > self.size:
+                raise FormatError(f"{where} declares {nbytes:,} bytes but the file holds {stored:,} for it; the file "
+                                  "is truncated or corrupt")
+            if nbytes and shape:
+                return np.memmap(self.path, dtype, "c", start, shape).astype(dtype.newbyteorder("="), copy=False)
+        elif nbytes > stored * _DEFLATE_RATIO:
+            raise FormatError(f"{where} declares {nbytes:,} bytes but stores {stored:,}; more than compression can "
+                              "give back, so the file is corrupt (or built to exhaust memory)")
+        return np.asarray(dset[()]).astype(dtype.newbyteorder("="), copy=False)
 
 
 # -- writing -------------------------------------------------------------------------------------------------

@@ -4,15 +4,21 @@ from protoseg.layers import (  # noqa: F401  (registration happens on import)
     activation,
     conv,
     crf,
+    crfasrnn,
     crop,
     data,
+    deconvnet,
     eltwise,
     interp,
     linear,
     loss,
     norm,
+    nvcaffe,
     pool,
+    pspnet,
+    python,
+    segnet,
 )
-from protoseg.layers.base import Converter, Shape, converter_for, register, registered_types
+from protoseg.layers.base import Bottoms, Converter, Shape, converter_for, register, registered_types
 
-__all__ = ["Converter", "Shape", "converter_for", "register", "registered_types"]
+__all__ = ["Bottoms", "Converter", "Shape", "converter_for", "register", "registered_types"]

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from protoseg.layers.base import Converter, Shape, register
+from protoseg.layers.base import Bottoms, Converter, Shape, register
 
 
 class ReLU(nn.Module):
@@ -27,7 +27,7 @@ class ReLU(nn.Module):
 class ReLUConverter(Converter):
     preserves_coords = True
 
-    def module(self, blobs: list) -> nn.Module:
+    def module(self, shapes: Bottoms, blobs: list) -> nn.Module:
         return ReLU(self.param.relu_param.negative_slope)
 
 
@@ -37,21 +37,25 @@ class PReLU(nn.Module):
         self.weight: nn.Parameter | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.prelu(x, self.weight)
+        return F.prelu(x, self.weight.reshape(-1))
 
 
 @register("PReLU")
 class PReLUConverter(Converter):
     preserves_coords = True
 
-    def blob_shapes(self, shapes: list[Shape]) -> list[Shape]:
+    def accepts(self, index: int, want: Shape, have: Shape) -> bool:
+        # A shared slope saved as a 1-element vector (older writers) holds the same value as Caffe's 0-d blob.
+        return super().accepts(index, want, have) or (want == () and tuple(have) == (1,))
+
+    def blob_shapes(self, shapes: Bottoms) -> list[Shape]:
         if self.param.prelu_param.channel_shared:
-            return [(1,)]
+            return [()]  # Caffe's PReLU holds one 0-d blob (vector<int>(0)) when the slope is shared
         if len(shapes[0]) < 2:
             raise self.shape_error(f"needs a bottom with a channel axis, got {shapes[0]}")
         return [(shapes[0][1],)]
 
-    def module(self, blobs: list) -> nn.Module:
+    def module(self, shapes: Bottoms, blobs: list) -> nn.Module:
         m = PReLU()
         m.weight = blobs[0]
         return m
@@ -78,7 +82,7 @@ _ELEMENTWISE = {"Sigmoid": "sigmoid", "TanH": "tanh", "AbsVal": "abs"}
 class ElementwiseConverter(Converter):
     preserves_coords = True
 
-    def module(self, blobs: list) -> nn.Module:
+    def module(self, shapes: Bottoms, blobs: list) -> nn.Module:
         return Elementwise(_ELEMENTWISE[self.type])
 
 
@@ -107,7 +111,7 @@ class Power(nn.Module):
 class PowerConverter(Converter):
     preserves_coords = True
 
-    def module(self, blobs: list) -> nn.Module:
+    def module(self, shapes: Bottoms, blobs: list) -> nn.Module:
         p = self.param.power_param
         return Power(p.power, p.scale, p.shift)
 
@@ -123,5 +127,5 @@ class Identity(nn.Module):
 class DropoutConverter(Converter):
     preserves_coords = True
 
-    def module(self, blobs: list) -> nn.Module:
+    def module(self, shapes: Bottoms, blobs: list) -> nn.Module:
         return Identity()

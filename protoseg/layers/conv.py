@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from protoseg.layers.base import Converter, Shape, register
+from protoseg.layers.base import Bottoms, Converter, Shape, register, same_rows
 
 
 class Conv2d(nn.Module):
@@ -67,7 +67,7 @@ class Convolution(Converter):
     def transposed(self) -> bool:
         return self.type == "Deconvolution"
 
-    def _channels(self, shapes: list[Shape]) -> int:
+    def _channels(self, shapes: Bottoms) -> int:
         shape = shapes[0]
         if len(shape) != 4:
             raise self.shape_error(f"expects a 4-D N x C x H x W bottom, got {shape}")
@@ -75,9 +75,9 @@ class Convolution(Converter):
             raise self.shape_error(f"bottom has {shape[1]} channels, not divisible by group {self.group}")
         return shape[1]
 
-    def infer(self, shapes: list[Shape]) -> list[Shape]:
-        n, _, *spatial = shapes[0]
+    def infer(self, shapes: Bottoms) -> list[Shape]:
         self._channels(shapes)
+        n, _, *spatial = shapes[0]
         out = []
         for size, k, p, s, d in zip(spatial, self.kernel, self.pad, self.stride, self.dilation):
             extent = d * (k - 1) + 1
@@ -90,7 +90,7 @@ class Convolution(Converter):
             out.append(o)
         return [(n, self.num_output, *out)]
 
-    def blob_shapes(self, shapes: list[Shape]) -> list[Shape]:
+    def blob_shapes(self, shapes: Bottoms) -> list[Shape]:
         c = self._channels(shapes)
         if self.transposed:
             weight = (c, self.num_output // self.group, *self.kernel)
@@ -98,14 +98,17 @@ class Convolution(Converter):
             weight = (self.num_output, c // self.group, *self.kernel)
         return [weight, (self.num_output,)] if self.bias_term else [weight]
 
-    def coord_map(self):
+    def accepts(self, index: int, want: Shape, have: Shape) -> bool:
+        return super().accepts(index, want, have) or (index == 0 and not self.transposed and same_rows(want, have))
+
+    def coord_map(self, shapes: Bottoms):
         maps = []
         for k, p, s, d in zip(self.kernel, self.pad, self.stride, self.dilation):
             a, b = Fraction(s), Fraction(d * (k - 1), 2) - p
             maps.append((1 / a, -b / a) if self.transposed else (a, b))
         return tuple(maps)
 
-    def module(self, blobs: list) -> nn.Module:
+    def module(self, shapes: Bottoms, blobs: list) -> nn.Module:
         cls = ConvTranspose2d if self.transposed else Conv2d
         m = cls(self.stride, self.pad, self.dilation, self.group)
         m.weight = blobs[0]

@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from protoseg.layers.base import Converter, Shape, register
+from protoseg.errors import ProtosegError
+from protoseg.layers.base import Bottoms, Converter, Shape, register
 
 
 class DenseCRF(nn.Module):
@@ -32,23 +33,25 @@ class DenseCRF(nn.Module):
                 f"bi_xy_std={self.bi_xy_std}, bi_rgb_std={self.bi_rgb_std}, output_probability={self.output_probability}")
 
 
-@register("DenseCRF")
+@register("DenseCRF", fork=("deeplab-v1", "deeplab-v2"))
 class DenseCRFConverter(Converter):
     bottoms = (2, 3)
 
     def setup(self) -> None:
+        from protoseg.crf import check_params
+
         p = self.param.dense_crf_param
         self.config = dict(max_iter=p.max_iter, pos_w=tuple(p.pos_w), pos_xy_std=tuple(p.pos_xy_std),
                            bi_w=tuple(p.bi_w), bi_xy_std=tuple(p.bi_xy_std), bi_rgb_std=tuple(p.bi_rgb_std),
                            output_probability=p.output_probability)
-        if len(p.pos_w) != len(p.pos_xy_std):
-            raise self.error(f"{len(p.pos_w)} pos_w for {len(p.pos_xy_std)} pos_xy_std; give one of each per kernel")
-        if not len(p.bi_w) == len(p.bi_xy_std) == len(p.bi_rgb_std):
-            raise self.error("bi_w, bi_xy_std and bi_rgb_std need one value each per bilateral kernel")
+        try:
+            check_params(p.max_iter, p.pos_w, p.pos_xy_std, p.bi_w, p.bi_xy_std, p.bi_rgb_std)
+        except ProtosegError as e:
+            raise self.error(str(e).removeprefix("dense_crf: ")) from None
         if p.bi_w and len(self.param.bottom) < 3:
             raise self.error("a bilateral kernel needs the image as a third bottom")
 
-    def infer(self, shapes: list[Shape]) -> list[Shape]:
+    def infer(self, shapes: Bottoms) -> list[Shape]:
         scores = shapes[0]
         if len(scores) != 4:
             raise self.shape_error(f"scores must be N x C x H x W, got {scores}")
@@ -58,5 +61,5 @@ class DenseCRFConverter(Converter):
             raise self.shape_error(f"the image {shapes[2]} does not match the scores {scores}")
         return [scores]
 
-    def module(self, blobs: list) -> nn.Module:
+    def module(self, shapes: Bottoms, blobs: list) -> nn.Module:
         return DenseCRF(**self.config)

@@ -1,18 +1,23 @@
 """BVLC Caffe's Crop: cut bottom 0 to bottom 1's size from ``axis`` on, at the given offsets.
 
 ``offset`` holds nothing (0 everywhere), one value for every cropped axis, or one per cropped axis. The 2016
-FCN files give no ``crop_param`` at all: the Caffe of that time inferred the offsets from the coordinate mapping
-between the two bottoms; :mod:`protoseg.coordmap` does that and fills ``offsets`` in before the graph is built.
+FCN files (and HED's, CRF-as-RNN's, DeconvNet's) give no ``crop_param`` at all: the Caffe of that time inferred
+the offsets from the coordinate mapping between the two bottoms; :func:`protoseg.coordmap.crop_offsets` does
+that from the bottoms' ancestry. Where they share no ancestor (two independent inputs), the offset is 0, as in
+BVLC Caffe.
 """
 
 from __future__ import annotations
 
+import warnings
 from fractions import Fraction
 
 import torch
 from torch import nn
 
-from protoseg.layers.base import Converter, Shape, register
+from protoseg.coordmap import crop_offsets
+from protoseg.errors import ProtosegWarning, quote
+from protoseg.layers.base import Bottoms, Converter, Shape, register
 
 
 class Crop(nn.Module):
@@ -38,32 +43,39 @@ class CropConverter(Converter):
         p = self.param.crop_param
         self.raw_axis = p.axis
         self.raw_offsets = list(p.offset)
-        #: 2016-era files give no crop_param: the IR infers offsets from the coordinate mapping (H, W).
-        self.needs_coordmap = not self.param.HasField("crop_param")
-        self.inferred: list[int] | None = None
+        #: 2016-era files give no crop_param: offsets then come from the coordinate mapping (H, W).
+        self.parameterless = not self.param.HasField("crop_param")
 
-    def offsets(self, ndim: int) -> tuple[int, tuple[int, ...]]:
+    def resolve(self, shapes: Bottoms) -> tuple[int, tuple[int, ...]]:
+        """(first cropped axis, offset per cropped axis) for these bottoms."""
+        big, ref = shapes
+        if len(big) != len(ref):
+            raise self.shape_error(f"bottoms have different ranks: {big} and {ref}")
+        ndim = len(big)
+        if self.parameterless:
+            inferred = crop_offsets(shapes.ancestry(0), shapes.ancestry(1))
+            if inferred is not None and ndim == 4:
+                return 2, tuple(inferred)
         axis = self.axis(self.raw_axis, ndim)
         count = ndim - axis
-        if self.inferred is not None:
-            if axis != 2 or ndim != 4:
-                raise self.error("offsets can be inferred only for 4-D blobs cropped from axis 2; give crop_param")
-            return axis, tuple(self.inferred)
         given = self.raw_offsets
         if len(given) == 0:
             return axis, (0,) * count
         if len(given) == 1:
             return axis, tuple(given) * count
         if len(given) != count:
-            raise self.error(f"gives {len(given)} offsets for {count} cropped axes (from axis {axis}); give 1 or {count}")
+            raise self.error(f"gives {len(given)} offsets for {count} cropped axes (from axis {axis}); "
+                             f"give 1 or {count}")
         return axis, tuple(given)
 
-    def infer(self, shapes: list[Shape]) -> list[Shape]:
+    def infer(self, shapes: Bottoms) -> list[Shape]:
         big, ref = shapes
-        if len(big) != len(ref):
-            raise self.shape_error(f"bottoms have different ranks: {big} and {ref}")
-        axis, offsets = self.offsets(len(big))
-        self.resolved = (axis, offsets)
+        axis, offsets = self.resolve(shapes)
+        if self.parameterless and any(offsets):
+            warnings.warn(
+                f"{self.where + ': ' if self.where else ''}layer {quote(self.name)} (Crop) has no crop_param: "
+                f"offsets {list(offsets)} (H, W) inferred from the coordinate mapping, as the Caffe of 2016 did; "
+                "write crop_param { axis: 2 offset: ... } to silence this", ProtosegWarning, stacklevel=2)
         out = list(big)
         for i, off in enumerate(offsets):
             d = axis + i
@@ -75,10 +87,10 @@ class CropConverter(Converter):
             out[d] = ref[d]
         return [tuple(out)]
 
-    def coord_map(self):
-        axis, offsets = self.resolved
+    def coord_map(self, shapes: Bottoms):
+        axis, offsets = self.resolve(shapes)
         spatial = dict(zip(range(axis, axis + len(offsets)), offsets))
         return tuple((Fraction(1), Fraction(spatial.get(d, 0))) for d in (2, 3))
 
-    def module(self, blobs: list) -> nn.Module:
-        return Crop(*self.resolved)
+    def module(self, shapes: Bottoms, blobs: list) -> nn.Module:
+        return Crop(*self.resolve(shapes))

@@ -1,43 +1,33 @@
-"""Data layers become graph inputs named by their tops; nothing they name (files, Python modules) is opened.
+"""Data layers become graph inputs named by their tops; nothing they name (files, databases) is opened.
 
 Shapes come from the layer itself where Caffe's would (``Input``, ``input_shape``, ``MemoryData``,
-``DummyData``, a ``crop_size``), else from ``--input NAME=N,C,H,W``, else a stated default. ``Python`` layers are
-inputs only: their module is never imported.
+``DummyData``, a ``crop_size``), else from ``--input NAME=N,C,H,W``, else a stated default. ``Python`` data
+layers live in :mod:`protoseg.layers.python`: their module is never imported.
 """
 
 from __future__ import annotations
 
-import warnings
-
-from protoseg.errors import ProtosegWarning
-from protoseg.layers.base import Converter, Shape, register
+from protoseg.layers.base import Bottoms, Converter, Shape, register
 
 #: Spatial size assumed for an image input whose layer gives none (FCN's PASCAL VOC inputs are up to 500 x 500).
 DEFAULT_SIZE = 500
 
 
 class DataConverter(Converter):
-    role = "input"
     bottoms = (0, 0)
     tops = (1, None)
+
+    def setup(self) -> None:
+        self.role = "input"
 
     def declared(self) -> list[Shape | None]:
         """Per top, the shape this layer declares, or None when only the data would tell."""
         return [None] * len(self.param.top)
 
-    def infer(self, shapes: list[Shape]) -> list[Shape]:
-        out = []
-        for top, shape in zip(self.param.top, self.declared()):
-            if shape is None:
-                shape = self._default(top)
-                warnings.warn(
-                    f"layer {self.name!r} ({self.type}) does not say the shape of {top!r}: assuming {shape}; "
-                    f"pass --input {top}=N,C,H,W to set it",
-                    ProtosegWarning,
-                    stacklevel=2,
-                )
-            out.append(tuple(shape))
-        return out
+    def infer(self, shapes: Bottoms) -> list[Shape]:
+        """The declared shapes, a stated default where the layer declares none (the IR warns about those)."""
+        return [self.default_shape(top) if shape is None else tuple(shape)
+                for top, shape in zip(self.param.top, self.declared())]
 
     def _per_top(self, shapes: list[Shape]) -> list[Shape]:
         """Caffe's rule for Input and DummyData: one shape for every top, or one per top."""
@@ -52,10 +42,8 @@ class DataConverter(Converter):
         t = self.param.transform_param
         return t.crop_size if t.HasField("crop_size") and t.crop_size > 0 else None
 
-    def _batch(self) -> int:
-        return 1
-
-    def _default(self, top: str) -> Shape:
+    def default_shape(self, top: str) -> Shape:
+        """What protoseg assumes for a top whose shape only the data would tell."""
         size = self._crop() or DEFAULT_SIZE
         if top == "data_dim":
             return (1, 1, 1, 2)
@@ -69,7 +57,11 @@ class InputConverter(DataConverter):
         return self._per_top([tuple(s.dim) for s in self.param.input_param.shape])
 
 
-@register("Data", "ImageData", "ImageSegData", "WindowData", "HDF5Data", "Python", "MatRead")
+@register("Data", "ImageData", "WindowData", "HDF5Data")
+@register("ImageSegData", "MatRead", fork=("deeplab-v1", "deeplab-v2"))
+@register("DenseImageData", fork="segnet")
+@register("ImageSegData", "WindowSegData", "WindowInstSegData", "WindowClsData", "WindowSegBinary", fork="deconvnet")
+@register("ImageLabelmapData", fork="hed")
 class FileDataConverter(DataConverter):
     """Data read from files (or by Python code) at training time; at inference, the caller feeds the tops."""
 
@@ -77,7 +69,7 @@ class FileDataConverter(DataConverter):
         crop = self._crop()
         if crop is None:
             return [None] * len(self.param.top)
-        return [self._default(top) for top in self.param.top]
+        return [self.default_shape(top) for top in self.param.top]
 
 
 @register("MemoryData")

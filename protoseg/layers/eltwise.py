@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from protoseg.layers.base import Converter, Shape, register
+from protoseg.layers.base import Bottoms, Converter, Shape, register
 
 
 class Eltwise(nn.Module):
@@ -41,7 +41,6 @@ class Eltwise(nn.Module):
 @register("Eltwise")
 class EltwiseConverter(Converter):
     preserves_coords = True
-
     bottoms = (2, None)
 
     def setup(self) -> None:
@@ -52,12 +51,12 @@ class EltwiseConverter(Converter):
             raise self.error(f"coeff needs one value per bottom ({n}) and operation SUM; got {len(p.coeff)}")
         self.coeffs = tuple(p.coeff) if p.coeff else (1.0,) * n
 
-    def infer(self, shapes: list[Shape]) -> list[Shape]:
+    def infer(self, shapes: Bottoms) -> list[Shape]:
         if any(s != shapes[0] for s in shapes[1:]):
             raise self.shape_error(f"bottoms must have one shape, got {', '.join(map(str, shapes))}")
         return [shapes[0]]
 
-    def module(self, blobs: list) -> nn.Module:
+    def module(self, shapes: Bottoms, blobs: list) -> nn.Module:
         return Eltwise(self.op, self.coeffs)
 
 
@@ -76,15 +75,14 @@ class Concat(nn.Module):
 @register("Concat")
 class ConcatConverter(Converter):
     preserves_coords = True
-
     bottoms = (1, None)
 
     def setup(self) -> None:
         p = self.param.concat_param
         self.raw_axis = p.concat_dim if p.HasField("concat_dim") else p.axis
 
-    def infer(self, shapes: list[Shape]) -> list[Shape]:
-        axis = self.resolved = self.axis(self.raw_axis, len(shapes[0]))
+    def infer(self, shapes: Bottoms) -> list[Shape]:
+        axis = self.axis(self.raw_axis, len(shapes[0]))
         for s in shapes[1:]:
             if len(s) != len(shapes[0]) or any(a != b for i, (a, b) in enumerate(zip(s, shapes[0])) if i != axis):
                 raise self.shape_error(f"bottoms {', '.join(map(str, shapes))} differ outside the concat axis {axis}")
@@ -92,8 +90,8 @@ class ConcatConverter(Converter):
         out[axis] = sum(s[axis] for s in shapes)
         return [tuple(out)]
 
-    def module(self, blobs: list) -> nn.Module:
-        return Concat(self.resolved)
+    def module(self, shapes: Bottoms, blobs: list) -> nn.Module:
+        return Concat(self.axis(self.raw_axis, len(shapes[0])))
 
 
 class Slice(nn.Module):
@@ -116,6 +114,7 @@ class Slice(nn.Module):
 @register("Slice")
 class SliceConverter(Converter):
     tops = (1, None)
+    multi_output = True  # the module returns a tuple, even of one
 
     def setup(self) -> None:
         p = self.param.slice_param
@@ -127,9 +126,9 @@ class SliceConverter(Converter):
         if list(self.points) != sorted(set(self.points)):
             raise self.error(f"slice_point {list(self.points)} must be strictly increasing")
 
-    def infer(self, shapes: list[Shape]) -> list[Shape]:
+    def infer(self, shapes: Bottoms) -> list[Shape]:
         shape = shapes[0]
-        axis = self.resolved = self.axis(self.raw_axis, len(shape))
+        axis = self.axis(self.raw_axis, len(shape))
         size, n = shape[axis], len(self.param.top)
         if self.points:
             if self.points[0] <= 0 or self.points[-1] >= size:
@@ -142,8 +141,8 @@ class SliceConverter(Converter):
             sizes = [size // n] * n
         return [shape[:axis] + (s,) + shape[axis + 1 :] for s in sizes]
 
-    def module(self, blobs: list) -> nn.Module:
-        return Slice(self.resolved, self.points, len(self.param.top))
+    def module(self, shapes: Bottoms, blobs: list) -> nn.Module:
+        return Slice(self.axis(self.raw_axis, len(shapes[0])), self.points, len(self.param.top))
 
 
 class Split(nn.Module):
@@ -160,11 +159,11 @@ class Split(nn.Module):
 @register("Split")
 class SplitConverter(Converter):
     preserves_coords = True
-
     tops = (1, None)
+    multi_output = True  # the module returns a tuple, even of one
 
-    def infer(self, shapes: list[Shape]) -> list[Shape]:
+    def infer(self, shapes: Bottoms) -> list[Shape]:
         return [shapes[0]] * len(self.param.top)
 
-    def module(self, blobs: list) -> nn.Module:
+    def module(self, shapes: Bottoms, blobs: list) -> nn.Module:
         return Split(len(self.param.top))

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from protoseg.layers.base import Converter, Shape, product, register
+from protoseg.layers.base import Bottoms, Converter, Shape, product, register, same_rows
 
 
 class InnerProduct(nn.Module):
@@ -38,18 +38,21 @@ class InnerProductConverter(Converter):
         if self.num_output <= 0:
             raise self.error("num_output must be positive")
 
-    def infer(self, shapes: list[Shape]) -> list[Shape]:
-        axis = self.resolved = self.axis(self.raw_axis, len(shapes[0]))
+    def infer(self, shapes: Bottoms) -> list[Shape]:
+        axis = self.axis(self.raw_axis, len(shapes[0]))
         return [tuple(shapes[0][:axis]) + (self.num_output,)]
 
-    def blob_shapes(self, shapes: list[Shape]) -> list[Shape]:
+    def accepts(self, index: int, want: Shape, have: Shape) -> bool:
+        return super().accepts(index, want, have) or (index == 0 and not self.transpose and same_rows(want, have))
+
+    def blob_shapes(self, shapes: Bottoms) -> list[Shape]:
         axis = self.axis(self.raw_axis, len(shapes[0]))
         k = product(shapes[0][axis:])
         weight = (k, self.num_output) if self.transpose else (self.num_output, k)
         return [weight, (self.num_output,)] if self.bias_term else [weight]
 
-    def module(self, blobs: list) -> nn.Module:
-        m = InnerProduct(self.resolved, self.transpose)
+    def module(self, shapes: Bottoms, blobs: list) -> nn.Module:
+        m = InnerProduct(self.axis(self.raw_axis, len(shapes[0])), self.transpose)
         m.weight = blobs[0]
         m.bias = blobs[1] if self.bias_term else None
         return m
@@ -69,12 +72,12 @@ class Softmax(nn.Module):
 
 @register("Softmax")
 class SoftmaxConverter(Converter):
-    def infer(self, shapes: list[Shape]) -> list[Shape]:
-        self.resolved = self.axis(self.param.softmax_param.axis, len(shapes[0]))
+    def infer(self, shapes: Bottoms) -> list[Shape]:
+        self.axis(self.param.softmax_param.axis, len(shapes[0]))
         return [shapes[0]]
 
-    def module(self, blobs: list) -> nn.Module:
-        return Softmax(self.resolved)
+    def module(self, shapes: Bottoms, blobs: list) -> nn.Module:
+        return Softmax(self.axis(self.param.softmax_param.axis, len(shapes[0])))
 
 
 class ArgMax(nn.Module):
@@ -106,20 +109,20 @@ class ArgMaxConverter(Converter):
         self.top_k, self.out_max_val = p.top_k, p.out_max_val
         self.raw_axis = p.axis if p.HasField("axis") else None
 
-    def infer(self, shapes: list[Shape]) -> list[Shape]:
+    def infer(self, shapes: Bottoms) -> list[Shape]:
         shape = shapes[0]
         if self.raw_axis is None:
-            self.resolved = None
             if self.top_k > product(shape[1:]):
                 raise self.shape_error(f"top_k {self.top_k} exceeds the {product(shape[1:])} values per item")
             return [(shape[0], 2 if self.out_max_val else 1, self.top_k)]
-        axis = self.resolved = self.axis(self.raw_axis, len(shape))
+        axis = self.axis(self.raw_axis, len(shape))
         if self.top_k > shape[axis]:
             raise self.shape_error(f"top_k {self.top_k} exceeds axis {axis} of size {shape[axis]}")
         return [shape[:axis] + (self.top_k,) + shape[axis + 1 :]]
 
-    def module(self, blobs: list) -> nn.Module:
-        return ArgMax(self.resolved, self.top_k, self.out_max_val)
+    def module(self, shapes: Bottoms, blobs: list) -> nn.Module:
+        axis = None if self.raw_axis is None else self.axis(self.raw_axis, len(shapes[0]))
+        return ArgMax(axis, self.top_k, self.out_max_val)
 
 
 class Reshape(nn.Module):
@@ -140,16 +143,21 @@ class Reshape(nn.Module):
 
 @register("Flatten")
 class FlattenConverter(Converter):
-    def infer(self, shapes: list[Shape]) -> list[Shape]:
-        p, shape = self.param.flatten_param, shapes[0]
+    def _axes(self, shape: Shape) -> tuple[int, int]:
+        p = self.param.flatten_param
         start = self.axis(p.axis, len(shape))
         end = self.axis(p.end_axis, len(shape), "end_axis") + 1
-        self.resolved = (start, end, (-1,))
+        if end <= start:
+            raise self.shape_error(f"end_axis {p.end_axis} comes before axis {p.axis} for a {len(shape)}-D bottom")
+        return start, end
+
+    def infer(self, shapes: Bottoms) -> list[Shape]:
+        shape = shapes[0]
+        start, end = self._axes(shape)
         return [shape[:start] + (product(shape[start:end]),) + shape[end:]]
 
-    def module(self, blobs: list) -> nn.Module:
-        start, end, dims = self.resolved
-        return Reshape(start, end, dims)
+    def module(self, shapes: Bottoms, blobs: list) -> nn.Module:
+        return Reshape(*self._axes(shapes[0]), (-1,))
 
 
 @register("Reshape")
@@ -157,17 +165,20 @@ class ReshapeConverter(Converter):
     def setup(self) -> None:
         p = self.param.reshape_param
         self.dims = tuple(p.shape.dim)
-        if sum(d == -1 for d in self.dims) > 1:
-            raise self.error("at most one dim may be -1")
+        if sum(d == -1 for d in self.dims) > 1 or any(d < -1 for d in self.dims):
+            raise self.error(f"shape {list(self.dims)}: dims are sizes, 0 (copy) or one -1 (infer)")
         self.raw_axis, self.num_axes = p.axis, p.num_axes
 
-    def infer(self, shapes: list[Shape]) -> list[Shape]:
-        shape = shapes[0]
+    def _plan(self, shape: Shape) -> tuple[Shape, tuple[int, int | None]]:
+        """The output shape and the axes ``[start, end)`` the dims replace."""
         # Caffe counts a negative axis from just past the last one: -1 appends.
         start = self.raw_axis if self.raw_axis >= 0 else len(shape) + 1 + self.raw_axis
         end = len(shape) if self.num_axes == -1 else start + self.num_axes
         if not 0 <= start <= end <= len(shape):
-            raise self.shape_error(f"axis {self.raw_axis} / num_axes {self.num_axes} do not fit a {len(shape)}-D bottom")
+            raise self.shape_error(f"axis {self.raw_axis} / num_axes {self.num_axes} do not fit a "
+                                   f"{len(shape)}-D bottom")
+        if any(d == 0 and start + i >= len(shape) for i, d in enumerate(self.dims)):
+            raise self.shape_error(f"shape {list(self.dims)} copies (0) an axis a {len(shape)}-D bottom lacks")
         new = [shape[start + i] if d == 0 else d for i, d in enumerate(self.dims)]
         if -1 in new:
             known = product(d for d in new if d != -1) * product(shape[:start]) * product(shape[end:])
@@ -177,9 +188,11 @@ class ReshapeConverter(Converter):
         out = shape[:start] + tuple(new) + shape[end:]
         if product(out) != product(shape):
             raise self.shape_error(f"cannot reshape {shape} ({product(shape)} values) to {out}")
-        end_arg = None if self.num_axes == -1 else end
-        self.resolved = (start, end_arg, self.dims)
-        return [out]
+        return out, (start, None if self.num_axes == -1 else end)
 
-    def module(self, blobs: list) -> nn.Module:
-        return Reshape(*self.resolved)
+    def infer(self, shapes: Bottoms) -> list[Shape]:
+        return [self._plan(shapes[0])[0]]
+
+    def module(self, shapes: Bottoms, blobs: list) -> nn.Module:
+        start, end = self._plan(shapes[0])[1]
+        return Reshape(start, end, self.dims)

@@ -5,20 +5,24 @@ Their tops are never consumed, so a blob that only fed a loss (FCN's ``score``) 
 
 from __future__ import annotations
 
-from protoseg.layers.base import Converter, Shape, register
+from protoseg.layers.base import Bottoms, Converter, Shape, register
 
 
 @register(
     "SoftmaxWithLoss", "EuclideanLoss", "SigmoidCrossEntropyLoss", "HingeLoss", "InfogainLoss",
-    "MultinomialLogisticLoss", "ContrastiveLoss", "Accuracy", "SegAccuracy", "MatWrite", "Silence",
-    "HDF5Output",
+    "MultinomialLogisticLoss", "ContrastiveLoss", "Accuracy", "Silence", "HDF5Output",
 )
+@register("SegAccuracy", "MatWrite", fork=("deeplab-v1", "deeplab-v2"))
+@register("EltwiseAccuracy", "RedSoftmaxWithLoss", "RedAccuracy", "BinaryAccuracy", fork="deconvnet")
+@register("SegmentPixelIOU", fork="nvcaffe")  # Xilinx's vai_q_caffe (NVCaffe-based) scoring layer
 class TrainingOnly(Converter):
     """Losses, accuracies and writers: not part of the inference graph (their tops are never consumed)."""
 
-    role = "prune"
     bottoms = (0, None)
     tops = (0, None)
 
-    def infer(self, shapes: list[Shape]) -> list[Shape]:
+    def setup(self) -> None:
+        self.role = "prune"
+
+    def infer(self, shapes: Bottoms) -> list[Shape]:
         return [()] * len(self.param.top)

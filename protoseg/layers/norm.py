@@ -1,4 +1,4 @@
-"""Normalisation layers: BatchNorm (+ Scale), PSPNet's BN, and LRN.
+"""Normalisation layers: BatchNorm (+ Scale) and LRN; the forks' BN layers live with their forks.
 
 Caffe's BatchNorm keeps *unnormalised* running sums: blobs are (mean * f, var * f, f), so the statistics are
 ``blob / f`` with ``f == 0`` meaning zero statistics (BVLC's ``scale_factor == 0 ? 0 : 1 / f``); ``eps`` is added
@@ -11,11 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from protoseg.layers.base import Converter, Shape, register
+from protoseg.layers.base import Bottoms, Converter, Shape, register
 
 
 class BatchNorm(nn.Module):
-    """``(x - mean / f) / sqrt(var / f + eps)``, or batch statistics when ``use_global_stats`` is false."""
+    """``(x - mean / f) / sqrt(var / f + eps)``, or batch statistics when ``use_global_stats`` is false; then
+    ``* weight + bias`` where the layer holds them itself (NVCaffe)."""
 
     def __init__(self, eps: float, use_global_stats: bool):
         super().__init__()
@@ -23,6 +24,8 @@ class BatchNorm(nn.Module):
         self.mean: nn.Parameter | None = None
         self.variance: nn.Parameter | None = None
         self.scale_factor: nn.Parameter | None = None
+        self.weight: nn.Parameter | None = None
+        self.bias: nn.Parameter | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = [1, x.shape[1]] + [1] * (x.dim() - 2)
@@ -34,7 +37,10 @@ class BatchNorm(nn.Module):
             dims = [0] + list(range(2, x.dim()))
             mean = x.mean(dim=dims)
             var = (x - mean.reshape(shape)).pow(2).mean(dim=dims)
-        return (x - mean.reshape(shape)) / torch.sqrt(var.reshape(shape) + self.eps)
+        y = (x - mean.reshape(shape)) / torch.sqrt(var.reshape(shape) + self.eps)
+        if self.weight is not None:
+            y = y * self.weight.reshape(shape) + self.bias.reshape(shape)
+        return y
 
     def extra_repr(self) -> str:
         return f"eps={self.eps}, use_global_stats={self.use_global_stats}"
@@ -43,6 +49,7 @@ class BatchNorm(nn.Module):
 @register("BatchNorm")
 class BatchNormConverter(Converter):
     preserves_coords = True
+    stored_blobs = (3,)
 
     def setup(self) -> None:
         p = self.param.batch_norm_param
@@ -50,11 +57,11 @@ class BatchNormConverter(Converter):
         self.use_global_stats = p.use_global_stats if p.HasField("use_global_stats") else True
         self.eps = p.eps
 
-    def blob_shapes(self, shapes: list[Shape]) -> list[Shape]:
+    def blob_shapes(self, shapes: Bottoms) -> list[Shape]:
         c = shapes[0][1]
         return [(c,), (c,), (1,)]
 
-    def module(self, blobs: list) -> nn.Module:
+    def module(self, shapes: Bottoms, blobs: list) -> nn.Module:
         m = BatchNorm(self.eps, self.use_global_stats)
         m.mean, m.variance, m.scale_factor = blobs
         return m
@@ -86,9 +93,8 @@ class Scale(nn.Module):
 @register("Scale")
 class ScaleConverter(Converter):
     """Caffe's ScaleLayer: one bottom with a learned scale blob, or two bottoms (the second is the scale)."""
+
     preserves_coords = True
-
-
     bottoms = (1, 2)
 
     def setup(self) -> None:
@@ -98,7 +104,7 @@ class ScaleConverter(Converter):
         if self.num_axes < -1:
             raise self.error(f"num_axes {self.num_axes} must be -1 or more")
 
-    def _scale_shape(self, shapes: list[Shape]) -> tuple[int, tuple[int, ...]]:
+    def _scale_shape(self, shapes: Bottoms) -> tuple[int, tuple[int, ...]]:
         x = shapes[0]
         if len(shapes) == 2:
             s = shapes[1]
@@ -112,59 +118,22 @@ class ScaleConverter(Converter):
             raise self.shape_error(f"num_axes {self.num_axes} from axis {axis} exceeds the bottom's {len(x)} axes")
         return axis, tuple(x[axis:end])
 
-    def infer(self, shapes: list[Shape]) -> list[Shape]:
-        self.resolved = self._scale_shape(shapes)
+    def infer(self, shapes: Bottoms) -> list[Shape]:
+        self._scale_shape(shapes)
         return [shapes[0]]
 
-    def blob_shapes(self, shapes: list[Shape]) -> list[Shape]:
+    def blob_shapes(self, shapes: Bottoms) -> list[Shape]:
         _, shape = self._scale_shape(shapes)
         blobs = [] if len(shapes) == 2 else [shape]
         return blobs + [shape] if self.bias_term else blobs
 
-    def module(self, blobs: list) -> nn.Module:
-        m = Scale(*self.resolved)
+    def module(self, shapes: Bottoms, blobs: list) -> nn.Module:
+        m = Scale(*self._scale_shape(shapes))
         blobs = list(blobs)
         if len(self.param.bottom) == 1:
             m.weight = blobs.pop(0)
         if self.bias_term:
             m.bias = blobs.pop(0)
-        return m
-
-
-class AffineNorm(nn.Module):
-    """PSPNet's BN at inference: ``(x - mean) / sqrt(var + eps) * slope + bias``, blobs shaped 1 x C x 1 x 1."""
-
-    def __init__(self, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.slope: nn.Parameter | None = None
-        self.bias: nn.Parameter | None = None
-        self.mean: nn.Parameter | None = None
-        self.variance: nn.Parameter | None = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / torch.sqrt(self.variance + self.eps) * self.slope + self.bias
-
-    def extra_repr(self) -> str:
-        return f"eps={self.eps}"
-
-
-@register("BN")
-class BNConverter(Converter):
-    """PSPNet's fork BN layer (blobs slope, bias, mean, variance); inference always uses the stored statistics."""
-    preserves_coords = True
-
-
-    def setup(self) -> None:
-        self.eps = self.param.bn_param.eps
-
-    def blob_shapes(self, shapes: list[Shape]) -> list[Shape]:
-        c = shapes[0][1]
-        return [(1, c, 1, 1)] * 4
-
-    def module(self, blobs: list) -> nn.Module:
-        m = AffineNorm(self.eps)
-        m.slope, m.bias, m.mean, m.variance = blobs
         return m
 
 
@@ -198,6 +167,6 @@ class LRNConverter(Converter):
         self.size, self.alpha, self.beta, self.k = p.local_size, p.alpha, p.beta, p.k
         self.within = type(p).NormRegion.Name(p.norm_region) == "WITHIN_CHANNEL"
 
-    def module(self, blobs: list) -> nn.Module:
+    def module(self, shapes: Bottoms, blobs: list) -> nn.Module:
         return LRN(self.size, self.alpha, self.beta, self.k, self.within)
 

@@ -1,105 +1,162 @@
-"""Pooling with Caffe's arithmetic: ceil rounding, the last-window clip, and the AVE divisor.
+"""Pooling with Caffe's arithmetic: ceil rounding, the last-window clip, the AVE divisor, and the MAX mask top.
 
 Caffe sizes the output as ``ceil((H + 2p - k) / s) + 1``, then drops the last window when it would start in
-the right padding (only when ``p > 0``). AVE divides by the window clipped to ``H + p`` (padding counts, the
-overhang beyond it does not); MAX ignores padding. torch's ``ceil_mode=True`` pooling gives exactly this
-when ``p <= k / 2`` and the dropped-window rule agrees; otherwise the general path pads explicitly and
-divides by Caffe's divisor map, so any pad/kernel/stride Caffe accepts works.
+the right padding (only when ``p > 0``). MAX takes the largest input pixel of each window (windows are clipped
+to the input; one with no pixel gives ``-FLT_MAX``); AVE sums the window's input pixels and divides by the
+window clipped to ``H + p`` (padding counts, the overhang beyond it does not; an empty window gives 0 / 0).
+A MAX layer may have a second top, the mask: for each output the flat index ``h * W + w`` of its maximum in
+the input plane, first maximum in raster order, as float (BVLC Caffe; SegNet's Upsample scatters by it).
+
+torch's ``ceil_mode`` pooling computes exactly this when ``p <= k / 2`` and the last-window rules agree; any
+other kernel, stride and pad that Caffe accepts takes the general path: each axis in turn, a gather of every
+window's pixels (clipped to the input, never padded out to the kernel, so a kernel or stride of a million
+costs nothing) and a masked reduction. Both paths size their output with :func:`caffe_pool_size`, the rule
+shape inference uses.
 """
 
 from __future__ import annotations
 
-import math
 from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from protoseg.layers.base import Converter, Shape, register
+from protoseg.layers.base import Bottoms, Converter, Shape, register
+
+FLT_MAX = torch.finfo(torch.float32).max
 
 
-def caffe_pool_size(size: int, kernel: int, pad: int, stride: int) -> int:
-    """Caffe's PoolingLayer::Reshape output size along one axis."""
-    out = int(math.ceil((size + 2 * pad - kernel) / stride)) + 1
+def caffe_pool_size(size, kernel: int, pad: int, stride: int):
+    """Caffe's PoolingLayer::Reshape output size along one axis (integer arithmetic: exact for any size)."""
+    out = -(-(size + 2 * pad - kernel) // stride) + 1
     if pad and (out - 1) * stride >= size + pad:
-        out -= 1
+        out = out - 1
     return out
 
 
+def torch_exact(kernel: int, stride: int, pad: int) -> bool:
+    """torch's ceil_mode pooling equals Caffe's when pad <= k/2 and the dropped-window rules agree."""
+    return 2 * pad <= kernel and (pad > 0 or stride <= kernel)
+
+
+def _windows(size, out, k: int, s: int, p: int, device):
+    """Per output index along one axis: first input pixel, pixel count and Caffe's AVE divisor."""
+    start = torch.arange(out, device=device) * s - p
+    lo = start.clamp(min=0)
+    count = ((start + k).clamp(max=size) - lo).clamp(min=0)
+    divisor = (start + k).clamp(max=size + p) - start
+    return lo, count, divisor
+
+
+def _gather(x: torch.Tensor, dim: int, lo: torch.Tensor, count: torch.Tensor, k: int):
+    """The pixels of every window along ``dim`` (moved last, ``width`` per window) and which of them exist."""
+    size = x.shape[dim]
+    width = torch.sym_min(k, size)
+    offsets = torch.arange(width, device=x.device)
+    index = (lo[:, None] + offsets[None, :]).clamp(max=size - 1)
+    valid = offsets[None, :] < count[:, None]
+    moved = x.movedim(dim, -1)
+    return moved[..., index], valid  # (..., out, width)
+
+
+def scatter_by_mask(x: torch.Tensor, mask: torch.Tensor, out_h, out_w) -> torch.Tensor:
+    """The inverse of MAX pooling with a mask top (SegNet's Upsample, DeconvNet's Unpooling): a zero plane of
+    ``out_h x out_w`` per (n, c) in which ``x``'s values land at the flat positions ``mask`` holds.
+
+    As in Caffe's loop, where two values aim at one position the later one in raster order wins; an index
+    outside the plane (where Caffe aborts or writes out of bounds) drops its value.
+    """
+    n, c = x.shape[0], x.shape[1]
+    plane = out_h * out_w
+    index = mask.flatten(2).to(torch.int64)
+    index = torch.where((index >= 0) & (index < plane), index, plane)  # one spare slot for dropped values
+    order = torch.arange(index.shape[-1], device=x.device).expand_as(index)
+    winner = torch.full((n, c, plane + 1), -1, dtype=torch.int64, device=x.device)
+    winner = winner.scatter_reduce(2, index, order, "amax")[..., :plane]
+    values = x.flatten(2).gather(2, winner.clamp(min=0))
+    return torch.where(winner >= 0, values, 0).reshape(n, c, out_h, out_w)
+
+
 class Pool2d(nn.Module):
-    """MAX/AVE pooling of N x C x H x W with Caffe's output size and AVE divisor."""
+    """MAX/AVE pooling of N x C x H x W with Caffe's output size and AVE divisor; optionally the MAX mask."""
 
     def __init__(self, mode: str, kernel: tuple[int, int], stride: tuple[int, int], pad: tuple[int, int],
-                 torch_exact: bool):
+                 torch_exact: bool, with_mask: bool = False):
         super().__init__()
-        self.mode, self.kernel, self.stride, self.pad, self.torch_exact = mode, kernel, stride, pad, torch_exact
+        self.mode, self.kernel, self.stride, self.pad = mode, kernel, stride, pad
+        self.torch_exact, self.with_mask = torch_exact, with_mask
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor):
         if self.torch_exact:
-            if self.mode == "MAX":
-                return F.max_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=True)
-            return F.avg_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=True, count_include_pad=True)
+            if self.mode == "AVE":
+                return F.avg_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=True, count_include_pad=True)
+            if self.with_mask:
+                y, index = F.max_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=True, return_indices=True)
+                return y, index.to(x.dtype)
+            return F.max_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=True)
         return self._general(x)
 
-    def _out(self, size: int, axis: int) -> int:
-        k, p, s = self.kernel[axis], self.pad[axis], self.stride[axis]
-        out = (size + 2 * p - k + s - 1) // s + 1
-        if p > 0 and (out - 1) * s >= size + p:
-            out = out - 1
-        return out
-
-    def _general(self, x: torch.Tensor) -> torch.Tensor:
+    def _general(self, x: torch.Tensor):
         h, w = x.shape[-2], x.shape[-1]
-        oh, ow = self._out(h, 0), self._out(w, 1)
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.pad
-        # Pad so every window lies inside: left by pad, right up to the end of the last window.
-        right_h = max((oh - 1) * sh + kh - h - ph, 0)
-        right_w = max((ow - 1) * sw + kw - w - pw, 0)
-        if self.mode == "MAX":
-            fill = torch.finfo(x.dtype).min  # Caffe starts every max at -FLT_MAX
-            padded = F.pad(x, (pw, right_w, ph, right_h), value=fill)
-            y = F.max_pool2d(padded, self.kernel, self.stride)
-            return y[..., :oh, :ow]
-        padded = F.pad(x, (pw, right_w, ph, right_h))
-        sums = F.avg_pool2d(padded, self.kernel, self.stride, divisor_override=1)[..., :oh, :ow]
-        return sums / (self._divisor(h, oh, 0, x)[:, None] * self._divisor(w, ow, 1, x)[None, :])
-
-    def _divisor(self, size: int, out: int, axis: int, x: torch.Tensor) -> torch.Tensor:
-        """Per output index, the window length Caffe divides by: clipped to [-pad, size + pad)."""
-        k, p, s = self.kernel[axis], self.pad[axis], self.stride[axis]
-        start = torch.arange(out, device=x.device) * s - p
-        end = torch.clamp(start + k, max=size + p)
-        return (end - start).to(x.dtype)
+        lo_h, n_h, div_h = _windows(h, caffe_pool_size(h, kh, ph, sh), kh, sh, ph, x.device)
+        lo_w, n_w, div_w = _windows(w, caffe_pool_size(w, kw, pw, sw), kw, sw, pw, x.device)
+        rows, valid_w = _gather(x, 3, lo_w, n_w, kw)  # N, C, H, out_w, width
+        if self.mode == "AVE":
+            sums = torch.where(valid_w, rows, 0).sum(-1)  # N, C, H, out_w
+            cols, valid_h = _gather(sums, 2, lo_h, n_h, kh)  # N, C, out_w, out_h, width
+            total = torch.where(valid_h, cols, 0).sum(-1).transpose(-1, -2)
+            return total / (div_h[:, None] * div_w[None, :]).to(x.dtype)
+        row_max, col = torch.where(valid_w, rows, -FLT_MAX).max(-1)  # first maximum of each row window
+        cols, valid_h = _gather(row_max, 2, lo_h, n_h, kh)
+        y, pick = torch.where(valid_h, cols, -FLT_MAX).max(-1)  # first row holding the maximum
+        y = y.transpose(-1, -2)
+        if not self.with_mask:
+            return y
+        row = (lo_h[:, None] + pick.transpose(-1, -2)).clamp(max=h - 1)  # N, C, out_h, out_w
+        col_in_row = (lo_w[None, :] + col.gather(2, row)).clamp(max=w - 1)
+        empty = (n_h[:, None] == 0) | (n_w[None, :] == 0)
+        mask = torch.where(empty, -1, row * w + col_in_row)  # Caffe leaves -1 where a window is empty
+        return y, mask.to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"{self.mode}, kernel={self.kernel}, stride={self.stride}, pad={self.pad}"
+        return f"{self.mode}, kernel={self.kernel}, stride={self.stride}, pad={self.pad}" + (
+            ", mask" if self.with_mask else "")
 
 
 class GlobalPool2d(nn.Module):
     """``global_pooling``: one value per channel (Caffe forces pad 0, stride 1, kernel = H x W)."""
 
-    def __init__(self, mode: str):
+    def __init__(self, mode: str, with_mask: bool = False):
         super().__init__()
-        self.mode = mode
+        self.mode, self.with_mask = mode, with_mask
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mode == "MAX":
+    def forward(self, x: torch.Tensor):
+        if self.mode == "AVE":
+            return x.mean(dim=(2, 3), keepdim=True)
+        if not self.with_mask:
             return x.amax(dim=(2, 3), keepdim=True)
-        return x.mean(dim=(2, 3), keepdim=True)
+        y, index = x.flatten(2).max(-1, keepdim=True)
+        return y[..., None], index[..., None].to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"{self.mode}, global"
+        return f"{self.mode}, global" + (", mask" if self.with_mask else "")
 
 
 @register("Pooling")
 class Pooling(Converter):
+    tops = (1, 2)
+
     def setup(self) -> None:
         p = self.param.pooling_param
         method = type(p).PoolMethod.Name(p.pool)
         if method not in ("MAX", "AVE"):
             raise self.error(f"pool: {method} is not supported at inference; use MAX or AVE")
         self.mode = method
+        self.with_mask = len(self.param.top) == 2
+        if self.with_mask and method != "MAX":
+            raise self.error("only MAX pooling has a second (mask) top, as in Caffe")
         self.global_pooling = p.global_pooling
         if self.global_pooling:
             if p.HasField("kernel_h") or p.HasField("kernel_w") or p.HasField("kernel_size"):
@@ -113,28 +170,30 @@ class Pooling(Converter):
         if any(p_ >= k for p_, k in zip(self.pad, self.kernel)):
             raise self.error(f"pad {self.pad} must be smaller than kernel {self.kernel} (Caffe's check)")
 
-    def infer(self, shapes: list[Shape]) -> list[Shape]:
+    def infer(self, shapes: Bottoms) -> list[Shape]:
         shape = shapes[0]
         if len(shape) != 4:
             raise self.shape_error(f"expects a 4-D bottom, got {shape}")
         n, c, h, w = shape
         if self.global_pooling:
-            return [(n, c, 1, 1)]
-        out = [caffe_pool_size(size, k, p, s) for size, k, p, s in zip((h, w), self.kernel, self.pad, self.stride)]
-        if min(out) <= 0:
-            raise self.shape_error(f"input {h} x {w} is smaller than the kernel {self.kernel}")
-        return [(n, c, *out)]
+            out = (n, c, 1, 1)
+        else:
+            size = [caffe_pool_size(s, k, p, st) for s, k, p, st in zip((h, w), self.kernel, self.pad, self.stride)]
+            if min(size) <= 0:
+                raise self.shape_error(f"input {h} x {w} is smaller than the kernel {self.kernel}")
+            out = (n, c, *size)
+        return [out] * len(self.param.top)
 
-    def _torch_exact(self) -> bool:
-        """torch's ceil_mode pooling equals Caffe's when pad <= k/2 and the dropped-window rules agree."""
-        return all(2 * p <= k and (p > 0 or s <= k) for k, p, s in zip(self.kernel, self.pad, self.stride))
+    def index_of(self, top: int) -> int | None:
+        return 0 if top == 1 else None
 
-    def coord_map(self):
+    def coord_map(self, shapes: Bottoms):
         if self.global_pooling:
             return None
         return tuple((Fraction(s), Fraction(k - 1, 2) - p) for k, p, s in zip(self.kernel, self.pad, self.stride))
 
-    def module(self, blobs: list) -> nn.Module:
+    def module(self, shapes: Bottoms, blobs: list) -> nn.Module:
         if self.global_pooling:
-            return GlobalPool2d(self.mode)
-        return Pool2d(self.mode, self.kernel, self.stride, self.pad, self._torch_exact())
+            return GlobalPool2d(self.mode, self.with_mask)
+        exact = all(torch_exact(k, s, p) for k, s, p in zip(self.kernel, self.stride, self.pad))
+        return Pool2d(self.mode, self.kernel, self.stride, self.pad, exact, self.with_mask)

@@ -52,7 +52,6 @@ class Segmenter:
         *,
         output: str | None = None,
         input_names: Sequence[str] = ("data",),
-        fixed_batch: int | None = None,
         categories: Sequence[str] | None = None,
         crf: str | None = None,
         device: str | torch.device = "cpu",
@@ -67,7 +66,6 @@ class Segmenter:
         self.preprocess = preprocess
         self.output = output
         self.input_names = list(input_names)
-        self.fixed_batch = fixed_batch
         self.categories = list(categories) if categories else None
         self.name = name
         self.crf_params = _crf_preset(crf) if crf else None
@@ -89,28 +87,29 @@ class Segmenter:
         defines: Mapping[str, str] | None = None,
         mean: Sequence[float] | None = None,
         entry: zoo.ZooModel | None = None,
+        fork: str | None = None,
         **kwargs,
     ) -> Segmenter:
         """Convert ``prototxt`` + ``weights``; the mean comes from ``mean``, the data layer, or the zoo entry
         (given, or found because ``prototxt`` is one of the zoo's own files)."""
-        from protoseg.io.upgrade import load_net
-        from protoseg.loader import convert
+        from protoseg.loader import open_net
 
-        netparam = load_net(prototxt, dict(defines) if defines else None)
+        opened = open_net(prototxt, weights, defines=dict(defines) if defines else None, fork=fork)
         entry = entry or _zoo_entry_for(prototxt)
         pre = from_netparam(
-            netparam,
+            opened.netparam,
             prototxt=prototxt,
             mean=mean,
             pad_to=entry.input_size if entry is not None and entry.pad_to_input else None,
             fallback_mean=entry.mean_bgr if entry is not None else None,
             fallback_source=f"zoo entry {entry.name!r}" if entry is not None else "",
+            fork=opened.net.fork,
         )
-        net, gm = convert(netparam, weights)
+        net = opened.net
         inputs = [net.caffe_name.get(i, i) for i in net.inputs]
         output = kwargs.pop("output", None) or (entry.output if entry is not None else None)
         categories = kwargs.pop("categories", None) or (entry.categories if entry is not None else None)
-        return cls(gm, pre, output=output, input_names=inputs, categories=categories,
+        return cls(opened.graph(), pre, output=output, input_names=inputs, categories=categories,
                    name=kwargs.pop("name", Path(prototxt).name), **kwargs)
 
     @classmethod
@@ -121,39 +120,35 @@ class Segmenter:
 
     @classmethod
     def from_pt2(cls, path: PathLike, *, mean: Sequence[float] | None = None, **kwargs) -> Segmenter:
-        """A ``.pt2`` written by ``protoseg convert`` (loaded with ``torch.export.load`` only: no pickle).
+        """A ``.pt2`` written by ``protoseg convert``, read without running anything in it (:mod:`protoseg.pt2`).
 
-        It carries no preprocessing, so ``mean`` is required (``--mean B,G,R``). If it was exported at a fixed
-        spatial size, images are padded to that size with the mean and the scores cropped back.
+        Its preprocessing is the one recorded at conversion; ``mean`` (``--mean B,G,R``) overrides the mean and
+        is required when none was recorded (an ``Input``-layer deploy net).
         """
+        from protoseg import pt2
+
         path = Path(path)
-        if mean is None:
+        model = pt2.read(path)
+        recorded = model.preprocess or {}
+        if mean is None and recorded.get("mean") is None:
             raise ProtosegError(
-                f"{path}: a .pt2 file records no preprocessing; pass --mean B,G,R (FCN and DeepLab on VOC: "
-                "104.008,116.669,122.675)"
+                f"{path}: the net records no mean (an Input-layer deploy net?); pass --mean B,G,R (FCN and DeepLab "
+                "on VOC: 104.008,116.669,122.675)"
             )
+        pad_to = recorded.get("pad_to")
         try:
-            program = torch.export.load(str(path))
-        except FileNotFoundError:
-            raise FormatError(f"{path}: no such file") from None
-        except Exception as exc:  # torch.export raises a variety of types for a file that is not a .pt2
-            raise FormatError(f"{path}: cannot be loaded with torch.export.load ({type(exc).__name__}: {exc}); "
-                              "is it a .pt2 written by 'protoseg convert'?") from None
-        names, shapes = [], []
-        user_inputs = set(program.graph_signature.user_inputs)
-        for node in program.graph.nodes:
-            if node.op == "placeholder" and node.name in user_inputs:
-                names.append(node.name)
-                val = node.meta.get("val")
-                shapes.append(tuple(val.shape) if val is not None else ())
-        if not names:
-            raise FormatError(f"{path}: the exported program takes no inputs")
-        shape = shapes[0]
-        fixed = [isinstance(d, int) for d in shape]
-        pad_to = (int(shape[2]), int(shape[3])) if len(shape) == 4 and fixed[2] and fixed[3] else None
-        batch = int(shape[0]) if shape and fixed[0] else None
-        pre = Preprocess(mean=np.asarray(mean, dtype=np.float64), pad_to=pad_to, source="--mean")
-        return cls(program.module(), pre, input_names=names, fixed_batch=batch, name=path.name, **kwargs)
+            pre = Preprocess(
+                mean=np.asarray(mean if mean is not None else recorded["mean"], dtype=np.float64).reshape(3),
+                scale=float(recorded.get("scale", 1.0)),
+                pad_to=(int(pad_to[0]), int(pad_to[1])) if pad_to else None,
+                bgr=bool(recorded.get("bgr", True)),
+                source="--mean" if mean is not None else f"{path.name} (recorded at conversion)",
+            )
+        except (TypeError, ValueError, IndexError) as e:
+            raise FormatError(f"{path}: its recorded preprocessing is malformed ({e})") from None
+        net = model.net
+        inputs = [net.caffe_name.get(i, i) for i in net.inputs]
+        return cls(model.graph, pre, input_names=inputs, name=path.name, **kwargs)
 
     # ----------------------------------------------------------------------------------------- prediction
     @torch.no_grad()
@@ -163,11 +158,6 @@ class Segmenter:
         blobs, sizes = zip(*(self.preprocess.blob(img, name=n) for img, n in zip(images, names)))
         batch = np.stack(blobs)
         n_real = batch.shape[0]
-        if self.fixed_batch is not None and self.fixed_batch != n_real:
-            if n_real > self.fixed_batch:
-                raise ProtosegError(f"{self.name}: exported for batches of {self.fixed_batch}; use --batch-size "
-                                    f"{self.fixed_batch} or less")
-            batch = np.concatenate([batch, np.repeat(batch[-1:], self.fixed_batch - n_real, 0)])
         x = torch.from_numpy(batch).to(self.device)
         args = [x]
         if "data_dim" in self.input_names[1:]:

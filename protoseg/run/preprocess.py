@@ -18,7 +18,9 @@ the crop, and resizing would change what the published scores mean. FCN nets tak
 
 from __future__ import annotations
 
+import math
 import os
+import stat
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
@@ -26,15 +28,12 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from protoseg.errors import FormatError, ProtosegError
+from protoseg.errors import FormatError, ProtosegError, quote
 
-__all__ = ["Preprocess", "read_image", "parse_mean", "from_netparam", "read_mean_file", "IMAGE_SUFFIXES"]
+__all__ = ["Preprocess", "read_image", "parse_mean", "from_netparam", "read_mean_file", "data_layers", "IMAGE_SUFFIXES"]
 
 #: File suffixes taken as images when a folder is given.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
-
-#: Data layer types whose ``transform_param`` describes what the net is fed.
-_DATA_TYPES = ("Data", "ImageData", "ImageSegData", "WindowData", "MemoryData", "Python")
 
 
 @dataclass(frozen=True)
@@ -118,25 +117,37 @@ def parse_mean(text: str) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)
 
 
+#: Largest mean_file read: a 3 x 1024 x 1024 double mean is 25 MB.
+MAX_MEAN_FILE = 64 * 2**20
+
+
 def read_mean_file(path: str | os.PathLike[str]) -> np.ndarray:
-    """A binaryproto ``BlobProto`` mean (``mean_file``) as a C×H×W array."""
+    """A binaryproto ``BlobProto`` mean (``mean_file``) as a C×H×W array; only a regular file of sane size."""
     from google.protobuf.message import DecodeError
 
     from protoseg.proto import caffe_pb2
 
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise FormatError(f"{path}: the mean_file is not a regular file; give a .binaryproto file, or "
+                                  "--mean B,G,R")
+            if info.st_size > MAX_MEAN_FILE:
+                raise FormatError(f"{path}: the mean_file is {info.st_size:,} bytes, more than a mean image "
+                                  f"needs ({MAX_MEAN_FILE:,}); pass --mean B,G,R instead")
+            data = f.read(MAX_MEAN_FILE + 1)
     except OSError as exc:
         raise FormatError(f"{path}: cannot read the mean_file ({exc.strerror}); check the path") from None
     blob = caffe_pb2.BlobProto()
     try:
         blob.ParseFromString(data)
-    except DecodeError as exc:
+    except (DecodeError, RecursionError) as exc:
         raise FormatError(f"{path}: not a binaryproto BlobProto mean file ({exc})") from None
     values = np.asarray(blob.data if len(blob.data) else blob.double_data, dtype=np.float64)
     dims = tuple(blob.shape.dim) if blob.HasField("shape") else (blob.num, blob.channels, blob.height, blob.width)
-    if values.size == 0 or int(np.prod(dims)) != values.size:
+    if values.size == 0 or any(d <= 0 for d in dims) or math.prod(dims) != values.size:
         raise FormatError(f"{path}: mean blob holds {values.size} values but its shape says {dims}")
     arr = values.reshape(dims)
     while arr.ndim > 3 and arr.shape[0] == 1:
@@ -144,6 +155,27 @@ def read_mean_file(path: str | os.PathLike[str]) -> np.ndarray:
     if arr.ndim != 3 or arr.shape[0] != 3:
         raise FormatError(f"{path}: mean blob has shape {dims}; expected 3 channels (1x3xHxW)")
     return arr
+
+
+def data_layers(netparam, fork: str = "bvlc"):
+    """The layers of ``netparam`` that are data layers in ``fork`` (their ``transform_param`` tells how images
+    were fed), in order."""
+    import warnings
+
+    from protoseg.errors import ProtosegWarning
+    from protoseg.ir import make_converter
+
+    for lp in netparam.layer:
+        if lp.bottom:
+            continue
+        try:
+            with warnings.catch_warnings():  # building the net warns about the same layers, once
+                warnings.simplefilter("ignore", ProtosegWarning)
+                role = make_converter(lp, fork).role
+        except ProtosegError:
+            continue
+        if role == "input":
+            yield lp
 
 
 def from_netparam(
@@ -154,31 +186,35 @@ def from_netparam(
     pad_to: tuple[int, int] | None = None,
     fallback_mean: Sequence[float] | None = None,
     fallback_source: str = "",
+    fork: str = "bvlc",
 ) -> Preprocess:
     """The :class:`Preprocess` of an upgraded V2 ``NetParameter``.
 
-    ``mean`` (from ``--mean``) overrides everything; otherwise the first data layer's ``transform_param``
-    decides, and for a deploy net with an ``Input`` layer (which has none) ``fallback_mean`` (from the zoo).
-    ``pad_to`` (H, W) pads like DeepLab when the data layer has no ``crop_size`` of its own (zoo ``pad_to_input``).
+    ``mean`` (from ``--mean``) overrides everything (a ``mean_file`` is then not even opened); otherwise the
+    first data layer's ``transform_param`` decides, and for a deploy net with an ``Input`` layer (which has
+    none) ``fallback_mean`` (from the zoo). ``pad_to`` (H, W) pads like DeepLab when the data layer has no
+    ``crop_size`` of its own (zoo ``pad_to_input``).
     """
     where = str(prototxt)
-    layer = next((lp for lp in netparam.layer if lp.type in _DATA_TYPES and lp.HasField("transform_param")), None)
+    layer = next((lp for lp in data_layers(netparam, fork) if lp.HasField("transform_param")), None)
     scale, crop, found, source = 1.0, None, None, ""
     if layer is not None:
         t = layer.transform_param
         scale = float(t.scale) if t.HasField("scale") else 1.0
         if t.HasField("crop_size") and t.crop_size > 0:
             crop = (int(t.crop_size), int(t.crop_size))
-        if len(t.mean_value):
+        if mean is not None:
+            pass
+        elif len(t.mean_value):
             values = list(t.mean_value)
             if len(values) == 1:
                 values *= 3
             if len(values) != 3:
                 raise ProtosegError(
-                    f"{where}: layer {layer.name!r} ({layer.type}) has {len(values)} mean_value entries; "
+                    f"{where}: layer {quote(layer.name)} ({layer.type}) has {len(values)} mean_value entries; "
                     "protoseg feeds 3-channel images, so give one or three"
                 )
-            found, source = np.asarray(values, dtype=np.float64), f"layer {layer.name!r} mean_value"
+            found, source = np.asarray(values, dtype=np.float64), f"layer {quote(layer.name)} mean_value"
         elif t.HasField("mean_file"):
             mean_path = Path(t.mean_file)
             if not mean_path.is_absolute():
@@ -193,6 +229,9 @@ def from_netparam(
             f"{where}: the net has no transform_param mean (an Input-layer deploy net?) and none is known for it; "
             "pass --mean B,G,R (FCN and DeepLab on VOC: 104.008,116.669,122.675), or --mean 0 for none"
         )
+    if not np.all(np.isfinite(found)) or (scale != scale or abs(scale) == float("inf")):
+        raise ProtosegError(f"{where}: the mean {found.tolist() if found.ndim == 1 else '(mean_file)'} and scale "
+                            f"{scale} must be finite numbers")
     if crop is None:
         crop = pad_to
     return Preprocess(mean=found, scale=scale, pad_to=crop, source=source)
