@@ -92,6 +92,7 @@ def info(prototxt: Path, weights: Path | None, defines, inputs, phase: str, fork
 @define_option
 def upgrade(prototxt: Path, output: Path | None, defines) -> None:
     """Write PROTOTXT (V0, V1 or V2; any Caffe fork) as a V2 prototxt with dilation instead of hole."""
+    from protoseg.io.atomic import write_file
     from protoseg.io.prototxt import format_net
     from protoseg.io.upgrade import load_net
 
@@ -99,7 +100,7 @@ def upgrade(prototxt: Path, output: Path | None, defines) -> None:
     if output is None:
         click.echo(text, nl=False)
     else:
-        output.write_text(text)
+        write_file(output, lambda tmp: Path(tmp).write_text(text))
         click.echo(f"wrote {output}", err=True)
 
 

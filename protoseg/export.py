@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import inspect
 import keyword
-import os
 import math
 import textwrap
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 from torch import fx, nn
 
 from protoseg.errors import FormatError, ProtosegError, quote
+from protoseg.io.atomic import write_file
 from protoseg.ir import Net
 from protoseg.loader import open_net
 
@@ -55,7 +55,7 @@ def export(prototxt, weights, output: Path, *, fmt: str = "pt2", defines: Mappin
         extra = {pt2.RECORD_NAME: pt2.record(opened.net, opened.netparam, gm.meta["owners"],
                                              _preprocess_record(opened, prototxt))}
         program = export_program(gm, opened.net)
-        _replace(output, lambda tmp: torch.export.save(program, tmp, extra_files=extra))
+        write_file(output, lambda tmp: torch.export.save(program, tmp, extra_files=extra))
     elif fmt == "py":
         write_source(gm, output, output.with_suffix(".safetensors"))
     else:
@@ -75,23 +75,6 @@ def _preprocess_record(opened, prototxt) -> dict | None:
         return None  # a mean_file image: run takes --mean for a .pt2
     return {"mean": pre.mean.tolist(), "scale": pre.scale, "pad_to": list(pre.pad_to) if pre.pad_to else None,
             "bgr": pre.bgr}
-
-
-def _replace(output: Path, write) -> None:
-    """Write through a temporary file in the same folder and rename it over ``output``: a failed write leaves
-    nothing half-written, and a symlink at ``output`` is replaced, never written through."""
-    import tempfile
-
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=output.suffix, dir=output.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, output)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def module_name(path: Path) -> str:
@@ -138,7 +121,7 @@ def write_onnx(gm: fx.GraphModule, net: Net, output: Path) -> None:
     names = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
     try:
         with torch.no_grad():
-            _replace(output, lambda tmp: torch.onnx.export(gm, example_inputs(net), tmp, input_names=names,
+            write_file(output, lambda tmp: torch.onnx.export(gm, example_inputs(net), tmp, input_names=names,
                                                            dynamic_shapes=dynamic_shapes(net), dynamo=True))
     except Exception as e:  # the ONNX exporter raises many exception types
         raise ProtosegError(f"ONNX export of net {quote(net.name)} failed: {_first_line(e)}; try --format pt2") from e
@@ -229,7 +212,7 @@ def write_source(gm: fx.GraphModule, path: Path, weights: Path) -> None:
         if first != name:
             shared[name] = first
     tensors = {name: gm.get_parameter(name).detach().contiguous() for name in unique.values()}
-    _replace(weights, lambda tmp: save_file(tensors, tmp))
+    write_file(weights, lambda tmp: save_file(tensors, tmp))
 
     init = "\n".join(f"        self.{name} = {_constructor(m)}" for name, m in gm.named_children())
     forward = textwrap.indent(gm.code.strip(), "    ")
@@ -241,4 +224,4 @@ def write_source(gm: fx.GraphModule, path: Path, weights: Path) -> None:
     ]
     text = "".join(parts)
     compile(text, str(path), "exec")  # generated source must be valid Python; it is never run here
-    _replace(path, lambda tmp: Path(tmp).write_text(text))
+    write_file(path, lambda tmp: Path(tmp).write_text(text))

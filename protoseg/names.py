@@ -25,7 +25,8 @@ _UNSAFE = re.compile(r"[^0-9A-Za-z_]+")
 def _module_attributes() -> frozenset[str]:
     from torch import fx, nn
 
-    return frozenset(dir(fx.GraphModule)) | frozenset(dir(nn.Module))
+    # An instance, not the class: ``training``, ``meta`` and the like are set in __init__.
+    return frozenset(dir(fx.GraphModule(nn.Module(), fx.Graph())))
 
 
 #: Names generated code must not bind: keywords, builtins, the globals fx and the ``.py`` export rely on, and

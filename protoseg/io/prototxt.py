@@ -26,6 +26,21 @@ _NO_FIELD = re.compile(r'^Message type "([\w.]+)" has no field named "(\w+)"\.?$
 _NO_ENUM = re.compile(r'^Enum type "([\w.]+)" has no value named (\w+)\.?$')
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
+#: What protobuf's text parser says, and what the user should do about it.
+_HINTS = [
+    (re.compile(r'^Expected identifier or number, got [{}]'), "a block brace with no field name before it, or one "
+     "brace too many: check the braces of this block and the ones before it"),
+    (re.compile(r'^Expected identifier or number, got'), "a field name is missing or misspelled here"),
+    (re.compile(r'^Expected "\}"'), "a block is not closed: a '}' is missing (here or earlier)"),
+    (re.compile(r'^Expected "\{"'), "a block field needs braces: name { ... }"),
+    (re.compile(r'^Expected ":"'), "a value field needs a colon: name: value"),
+    (re.compile(r'^Expected string but found'), "text values are quoted: name: \"value\""),
+    (re.compile(r"^Couldn't parse integer|^Value out of range"), "this field takes a whole number in its range"),
+    (re.compile(r"^Couldn't parse"), "the value does not have this field's type"),
+    (re.compile(r'should not have multiple'), "this field takes one value: remove the repeated line"),
+    (re.compile(r'^Expected "true" or "false"'), "this field is a flag: true or false"),
+]
+
 
 def parse_prototxt(
     text: str | bytes, *, filename: str = "<string>", defines: Mapping[str, object] | None = None
@@ -198,12 +213,18 @@ def _position_error(
             if message.startswith(f"'{text}': "):
                 message = message[len(text) + 4 :]
                 break
-    if (m := _NO_FIELD.match(message)) is not None:
+    message = message.rstrip(".")
+    hint = next((text for pattern, text in _HINTS if pattern.search(message)), None)
+    if hint is not None:
+        message = f"{message}: {hint}"
+    if (m := _NO_FIELD.match(message + ".")) is not None:
         type_name, field_name = m.groups()
-        message = f"unknown field {field_name!r} in {type_name}" + _suggest(field_name, _field_names(type_name))
-    elif (m := _NO_ENUM.match(message)) is not None:
+        message = (f"unknown field {field_name!r} in {type_name}: no Caffe protoseg reads ({_FORKS}) has it"
+                   + _suggest(field_name, _field_names(type_name)))
+    elif (m := _NO_ENUM.match(message + ".")) is not None:
         type_name, value = m.groups()
-        message = f"unknown value {value!r} for enum {type_name}" + _suggest(value, _enum_names(type_name))
+        message = (f"unknown value {value!r} for enum {type_name}: no Caffe protoseg reads ({_FORKS}) has it"
+                   + _suggest(value, _enum_names(type_name)))
     if line is None:
         return ParseError(f"{filename}: {message}")
     if column is None:
@@ -211,8 +232,13 @@ def _position_error(
     return ParseError(f"{filename}:{line}:{columns.original(line, column)}: {message}")
 
 
+_FORKS = "BVLC, DeepLab v1/v2, PSPNet, SegNet/ENet, DeconvNet, CRF-as-RNN, NVCaffe, HED"
+
+
 def _suggest(word: str, candidates: list[str]) -> str:
-    close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
+    """A "did you mean" only for what is surely a typo of a real name (a close match)."""
+    close = [c for c in candidates if c.lower() == word.lower()] or \
+        difflib.get_close_matches(word, candidates, n=1, cutoff=0.8)
     return f"; did you mean {close[0]!r}?" if close else ""
 
 

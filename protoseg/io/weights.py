@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 import mmap
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from protoseg.errors import FormatError, ProtosegWarning, quote
+from protoseg.io.atomic import write_file
 
 if TYPE_CHECKING:
     pass
@@ -377,7 +377,7 @@ class _Scanner:
         """
         first = np.frombuffer(self.buf, records["value"], 1, pos)
         pos += first.itemsize
-        start, n, window = pos, 0, 256
+        start, n, window = pos, 0, 8
         available = (end - pos) // records.itemsize
         while n < available:
             take = min(window, available - n)
@@ -537,22 +537,15 @@ def write_weights(path: str | os.PathLike[str], weights: Mapping[str, Sequence[n
     if unknown:
         raise ValueError(f"types names layers that are not in weights: {', '.join(unknown)}")
     arrays = {name: [_as_blob(name, i, b) for i, b in enumerate(blobs)] for name, blobs in weights.items()}
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
+
+    def write(tmp: str) -> None:
         if format == "v2":
-            with os.fdopen(fd, "wb") as f:
+            with open(tmp, "wb") as f:
                 _write_v2(f, arrays, types)
         else:
-            os.close(fd)
             _write_hdf5(Path(tmp), arrays)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; give it the mode open() would
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+
+    write_file(path, write)
 
 
 def _as_blob(layer: str, index: int, blob: object) -> np.ndarray:

@@ -25,6 +25,8 @@ class ReLU(nn.Module):
 
 @register("ReLU")
 class ReLUConverter(Converter):
+    """Caffe's ReLU, leaky with ``negative_slope``."""
+
     preserves_coords = True
 
     def module(self, shapes: Bottoms, blobs: list) -> nn.Module:
@@ -42,6 +44,8 @@ class PReLU(nn.Module):
 
 @register("PReLU")
 class PReLUConverter(Converter):
+    """PReLU: one slope per channel, or one 0-d blob when ``channel_shared``."""
+
     preserves_coords = True
 
     def accepts(self, index: int, want: Shape, have: Shape) -> bool:
@@ -80,6 +84,8 @@ _ELEMENTWISE = {"Sigmoid": "sigmoid", "TanH": "tanh", "AbsVal": "abs"}
 
 @register(*_ELEMENTWISE)
 class ElementwiseConverter(Converter):
+    """Sigmoid, TanH and AbsVal: one torch function each."""
+
     preserves_coords = True
 
     def module(self, shapes: Bottoms, blobs: list) -> nn.Module:
@@ -109,6 +115,8 @@ class Power(nn.Module):
 
 @register("Power")
 class PowerConverter(Converter):
+    """Power: ``(shift + scale * x) ** power``."""
+
     preserves_coords = True
 
     def module(self, shapes: Bottoms, blobs: list) -> nn.Module:
@@ -125,6 +133,8 @@ class Identity(nn.Module):
 
 @register("Dropout")
 class DropoutConverter(Converter):
+    """Dropout: the identity at test time (Caffe scales while training)."""
+
     preserves_coords = True
 
     def module(self, shapes: Bottoms, blobs: list) -> nn.Module:

@@ -257,6 +257,26 @@ def same_rows(want: Shape, have: Shape) -> bool:
     return len(want) > 1 and product(want) == product(have) and squeezed[0] == want[0]
 
 
+def layers_markdown() -> str:
+    """The supported-layers table of ``docs/layers.md``, made from the registry (a test keeps the file current)."""
+    from protoseg.forks import FORKS
+
+    rows: dict[tuple[str, type[Converter]], list[str]] = {}
+    for (fork, type_name), cls in registered().items():
+        rows.setdefault((type_name, cls), []).append(fork)
+    lines = ["# Supported layers", "",
+             "Made from protoseg's converter registry by `python scripts/gen_layers_doc.py`; a test keeps it current.",
+             "A fork inherits the layers of the Caffes it descends from (the fork column names where a layer is",
+             "defined); see `protoseg/forks.py`.", "",
+             "| Caffe type | fork | converter | what it computes |", "|---|---|---|---|"]
+    for (type_name, cls), where in sorted(rows.items(), key=lambda kv: (kv[0][0].lower(), kv[1])):
+        forks_text = ", ".join(FORKS[f].title for f in sorted(where, key=list(FORKS).index))
+        summary = (cls.__doc__ or "").strip().split("\n")[0]
+        module = cls.__module__.removeprefix("protoseg.layers.")
+        lines.append(f"| `{type_name}` | {forks_text} | `{module}.{cls.__name__}` | {summary} |")
+    return "\n".join(lines) + "\n"
+
+
 def product(shape: Sequence[int]) -> int:
     n = 1
     for d in shape:

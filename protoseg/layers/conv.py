@@ -41,7 +41,7 @@ class ConvTranspose2d(Conv2d):
 
 @register("Convolution", "Deconvolution")
 class Convolution(Converter):
-    """Both directions share Caffe's ``convolution_param`` and its h/w rules."""
+    """Convolution and Deconvolution (one ``convolution_param``): dilation (DeepLab v1's hole), groups, h/w."""
 
     def setup(self) -> None:
         p = self.param.convolution_param

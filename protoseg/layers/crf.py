@@ -35,6 +35,8 @@ class DenseCRF(nn.Module):
 
 @register("DenseCRF", fork=("deeplab-v1", "deeplab-v2"))
 class DenseCRFConverter(Converter):
+    """DeepLab's DenseCRF: mean-field inference on the permutohedral lattice."""
+
     bottoms = (2, 3)
 
     def setup(self) -> None:

@@ -60,6 +60,8 @@ class MeanField(nn.Module):
 
 @register("MultiStageMeanfield", fork="crfasrnn")
 class MultiStageMeanfieldConverter(Converter):
+    """CRF-as-RNN's MultiStageMeanfield: learned-kernel mean field on the permutohedral lattice."""
+
     bottoms = (3, 3)
 
     def setup(self) -> None:

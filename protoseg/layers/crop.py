@@ -37,6 +37,8 @@ class Crop(nn.Module):
 
 @register("Crop")
 class CropConverter(Converter):
+    """Crop to the second bottom's size; parameterless Crops infer offsets from the coordinate mapping."""
+
     bottoms = (2, 2)
 
     def setup(self) -> None:

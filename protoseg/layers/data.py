@@ -53,6 +53,8 @@ class DataConverter(Converter):
 
 @register("Input")
 class InputConverter(DataConverter):
+    """Input: a graph input of the declared shape."""
+
     def declared(self) -> list[Shape | None]:
         return self._per_top([tuple(s.dim) for s in self.param.input_param.shape])
 
@@ -63,7 +65,7 @@ class InputConverter(DataConverter):
 @register("ImageSegData", "WindowSegData", "WindowInstSegData", "WindowClsData", "WindowSegBinary", fork="deconvnet")
 @register("ImageLabelmapData", fork="hed")
 class FileDataConverter(DataConverter):
-    """Data read from files (or by Python code) at training time; at inference, the caller feeds the tops."""
+    """File-reading data layers (images, LMDB, HDF5, windows): the caller feeds their tops at inference."""
 
     def declared(self) -> list[Shape | None]:
         crop = self._crop()
@@ -74,6 +76,8 @@ class FileDataConverter(DataConverter):
 
 @register("MemoryData")
 class MemoryDataConverter(DataConverter):
+    """MemoryData: a graph input of the declared batch, channels, height and width."""
+
     def declared(self) -> list[Shape | None]:
         p = self.param.memory_data_param
         return [(p.batch_size, p.channels, p.height, p.width), (p.batch_size, 1, 1, 1)][: len(self.param.top)]
@@ -81,6 +85,8 @@ class MemoryDataConverter(DataConverter):
 
 @register("DummyData")
 class DummyDataConverter(DataConverter):
+    """DummyData: a graph input of the declared shape."""
+
     def declared(self) -> list[Shape | None]:
         p = self.param.dummy_data_param
         if p.shape:

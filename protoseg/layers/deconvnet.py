@@ -44,6 +44,8 @@ class Unpool(nn.Module):
 
 @register("Unpooling", fork="deconvnet")
 class UnpoolingConverter(Converter):
+    """DeconvNet's UNPOOLING (MAX): scatter by the pooling mask into the unpooled size."""
+
     bottoms = (1, 2)
 
     def setup(self) -> None:

@@ -40,6 +40,8 @@ class Eltwise(nn.Module):
 
 @register("Eltwise")
 class EltwiseConverter(Converter):
+    """Eltwise SUM (with coefficients), PROD and MAX over any number of bottoms."""
+
     preserves_coords = True
     bottoms = (2, None)
 
@@ -74,6 +76,8 @@ class Concat(nn.Module):
 
 @register("Concat")
 class ConcatConverter(Converter):
+    """Concat along ``axis`` (or the old ``concat_dim``)."""
+
     preserves_coords = True
     bottoms = (1, None)
 
@@ -113,6 +117,8 @@ class Slice(nn.Module):
 
 @register("Slice")
 class SliceConverter(Converter):
+    """Slice at ``slice_point``s, or into equal parts."""
+
     tops = (1, None)
     multi_output = True  # the module returns a tuple, even of one
 
@@ -158,6 +164,8 @@ class Split(nn.Module):
 
 @register("Split")
 class SplitConverter(Converter):
+    """Split: every top is the bottom."""
+
     preserves_coords = True
     tops = (1, None)
     multi_output = True  # the module returns a tuple, even of one

@@ -51,6 +51,8 @@ class Interp(nn.Module):
 
 @register("Interp", fork=("deeplab-v1", "deeplab-v2"))
 class InterpConverter(Converter):
+    """DeepLab's Interp: align-corners bilinear resize by zoom, shrink, size or a second bottom."""
+
     bottoms = (1, 2)
 
     def setup(self) -> None:

@@ -32,6 +32,8 @@ class InnerProduct(nn.Module):
 
 @register("InnerProduct")
 class InnerProductConverter(Converter):
+    """InnerProduct: flatten from ``axis`` and multiply; FCN's reshaped fc6/fc7 weights fit."""
+
     def setup(self) -> None:
         p = self.param.inner_product_param
         self.num_output, self.bias_term, self.transpose, self.raw_axis = p.num_output, p.bias_term, p.transpose, p.axis
@@ -72,6 +74,8 @@ class Softmax(nn.Module):
 
 @register("Softmax")
 class SoftmaxConverter(Converter):
+    """Softmax over ``axis``."""
+
     def infer(self, shapes: Bottoms) -> list[Shape]:
         self.axis(self.param.softmax_param.axis, len(shapes[0]))
         return [shapes[0]]
@@ -104,6 +108,8 @@ class ArgMax(nn.Module):
 
 @register("ArgMax")
 class ArgMaxConverter(Converter):
+    """ArgMax: indices (as floats) of the ``top_k`` largest values, optionally with them."""
+
     def setup(self) -> None:
         p = self.param.argmax_param
         self.top_k, self.out_max_val = p.top_k, p.out_max_val
@@ -143,6 +149,8 @@ class Reshape(nn.Module):
 
 @register("Flatten")
 class FlattenConverter(Converter):
+    """Flatten axes ``[axis, end_axis]`` into one."""
+
     def _axes(self, shape: Shape) -> tuple[int, int]:
         p = self.param.flatten_param
         start = self.axis(p.axis, len(shape))
@@ -162,6 +170,8 @@ class FlattenConverter(Converter):
 
 @register("Reshape")
 class ReshapeConverter(Converter):
+    """Reshape with Caffe's 0 (copy) and -1 (infer) dims."""
+
     def setup(self) -> None:
         p = self.param.reshape_param
         self.dims = tuple(p.shape.dim)

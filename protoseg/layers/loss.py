@@ -16,7 +16,7 @@ from protoseg.layers.base import Bottoms, Converter, Shape, register
 @register("EltwiseAccuracy", "RedSoftmaxWithLoss", "RedAccuracy", "BinaryAccuracy", fork="deconvnet")
 @register("SegmentPixelIOU", fork="nvcaffe")  # Xilinx's vai_q_caffe (NVCaffe-based) scoring layer
 class TrainingOnly(Converter):
-    """Losses, accuracies and writers: not part of the inference graph (their tops are never consumed)."""
+    """Losses, accuracies and writers: dropped from the inference graph (their tops are never consumed)."""
 
     bottoms = (0, None)
     tops = (0, None)

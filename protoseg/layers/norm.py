@@ -48,6 +48,8 @@ class BatchNorm(nn.Module):
 
 @register("BatchNorm")
 class BatchNormConverter(Converter):
+    """BVLC BatchNorm: statistics stored times a scale factor (blob 2), ``eps`` added to the variance."""
+
     preserves_coords = True
     stored_blobs = (3,)
 
@@ -158,6 +160,8 @@ class LRN(nn.Module):
 
 @register("LRN")
 class LRNConverter(Converter):
+    """LRN across or within channels."""
+
     preserves_coords = True
 
     def setup(self) -> None:

@@ -23,6 +23,8 @@ CUDNN_BN_MIN_EPSILON = 1e-5
 
 @register("BatchNorm", fork="nvcaffe")
 class NVCaffeBatchNorm(BatchNormConverter):
+    """NVCaffe's BatchNorm: 3 or 5 blobs (statistics, then scale and bias), eps at least 1e-5."""
+
     stored_blobs = (3, 5)
 
     def setup(self) -> None:

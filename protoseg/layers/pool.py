@@ -146,6 +146,8 @@ class GlobalPool2d(nn.Module):
 
 @register("Pooling")
 class Pooling(Converter):
+    """MAX/AVE Pooling with Caffe's rounding, clip and divisor; the MAX mask as a second top."""
+
     tops = (1, 2)
 
     def setup(self) -> None:

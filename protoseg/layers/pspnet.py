@@ -34,6 +34,8 @@ class AffineNorm(nn.Module):
 
 @register("BN", fork="pspnet")
 class PSPNetBN(Converter):
+    """PSPNet's BN: ``slope * (x - mean) / sqrt(var + eps) + bias`` from four 1 x C x 1 x 1 blobs."""
+
     preserves_coords = True
     stored_blobs = (4,)
 

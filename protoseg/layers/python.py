@@ -24,6 +24,8 @@ IDENTITY_AT_TEST = {
 
 @register("Python")
 class PythonConverter(DataConverter):
+    """Python: a data layer becomes an input; known test-time identities pass through; no module is imported."""
+
     bottoms = (0, None)
 
     def setup(self) -> None:

@@ -56,6 +56,8 @@ class SegNetBN(nn.Module):
 
 @register("BN", fork=("segnet", "deconvnet"))
 class SegNetBNConverter(Converter):
+    """caffe-segnet's BN: ``x * scale + shift`` (INFERENCE) or batch statistics (LEARN), two blobs."""
+
     tops = (1, 3)
     stored_blobs = (2,)
 
@@ -103,6 +105,8 @@ class Upsample(nn.Module):
 
 @register("Upsample", fork="segnet")
 class UpsampleConverter(Converter):
+    """caffe-segnet's Upsample: scatter by a pooling mask into an explicit or scaled size."""
+
     bottoms = (2, 2)
 
     def setup(self) -> None:
@@ -162,7 +166,7 @@ class SampledDropout(nn.Module):
 
 @register("Dropout", fork="segnet")
 class SegNetDropout(Converter):
-    """BVLC's Dropout (the identity at test time) unless ``sample_weights_test`` asks to sample."""
+    """caffe-segnet's Dropout: the identity at test time, unless ``sample_weights_test`` samples it."""
 
     preserves_coords = True
 

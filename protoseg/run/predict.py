@@ -23,6 +23,7 @@ from torch import nn
 
 from protoseg import zoo
 from protoseg.errors import FormatError, ProtosegError, ProtosegWarning
+from protoseg.io.atomic import write_file
 from protoseg.run.preprocess import IMAGE_SUFFIXES, Preprocess, from_netparam, read_image
 
 __all__ = ["Prediction", "Segmenter", "collect_images", "write_prediction", "planned_outputs", "evaluate"]
@@ -306,7 +307,7 @@ def check_free(paths: Iterable[Path], *, force: bool) -> None:
     """Refuse to overwrite anything unless ``force``: checked for every image before the first is run."""
     if force:
         return
-    taken = [p for p in paths if p.exists()]
+    taken = [p for p in paths if os.path.lexists(p)]  # a dangling symlink counts: it is replaced, not followed
     if taken:
         more = f" and {len(taken) - 1} more" if len(taken) > 1 else ""
         raise ProtosegError(f"{taken[0]}{more} already exist(s); pass --force to overwrite, or choose another -o")
@@ -322,12 +323,13 @@ def write_prediction(pred: Prediction, out_dir: Path, *, palette: np.ndarray | N
     files = planned_outputs(out_dir, pred.name, save_scores=save_scores, crf=pred.crf_labels is not None)
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_labels(pred.labels)
-    label_image(pred.labels, palette).save(files["labels"])
-    overlay(Image.fromarray(pred.image), pred.labels, palette).save(files["overlay"], quality=90)
+    write_file(files["labels"], lambda tmp: label_image(pred.labels, palette).save(tmp, format="PNG"))
+    write_file(files["overlay"], lambda tmp: overlay(Image.fromarray(pred.image), pred.labels, palette)
+               .save(tmp, format="JPEG", quality=90))
     if save_scores:
-        np.save(files["scores"], pred.scores.astype(np.float32))
+        write_file(files["scores"], lambda tmp: np.save(tmp, pred.scores.astype(np.float32)))
     if pred.crf_labels is not None:
-        label_image(pred.crf_labels, palette).save(files["crf"])
+        write_file(files["crf"], lambda tmp: label_image(pred.crf_labels, palette).save(tmp, format="PNG"))
     return list(files.values())
 
 
