@@ -154,7 +154,7 @@ def convert(prototxt: Path, weights: Path, output: Path | None, fmt: str, define
 
 
 def _segmenter(spec: Sequence[str], weights: Path | None, *, defines, mean: str | None, crf: str | None,
-               device: str) -> tuple[object, list[str]]:
+               device: str, samples: int = 1, seed: int = 0, fork: str | None = None) -> tuple[object, list[str]]:
     """Open ``MODEL | NET.prototxt WEIGHTS`` from the head of ``spec``; returns it and the rest of ``spec``."""
     from protoseg import zoo
     from protoseg.run.predict import Segmenter
@@ -164,7 +164,7 @@ def _segmenter(spec: Sequence[str], weights: Path | None, *, defines, mean: str 
         raise ProtosegError("give a model: a converted .pt2 file, NET.prototxt WEIGHTS, or a zoo name with --weights")
     first, rest = spec[0], list(spec[1:])
     means = parse_mean(mean) if mean is not None else None
-    common = dict(crf=crf, device=device)
+    common = dict(crf=crf, device=device, samples=samples, seed=seed)
     if first.lower().endswith(".pt2"):
         if weights is not None:
             raise ProtosegError(f"{first}: a .pt2 file holds its own weights; drop --weights")
@@ -174,7 +174,7 @@ def _segmenter(spec: Sequence[str], weights: Path | None, *, defines, mean: str 
             if not rest:
                 raise ProtosegError(f"{first}: give the caffemodel after the prototxt (NET.prototxt WEIGHTS)")
             weights, rest = Path(rest[0]), rest[1:]
-        return Segmenter.from_caffe(first, weights, defines=defines, mean=means, **common), rest
+        return Segmenter.from_caffe(first, weights, defines=defines, mean=means, fork=fork, **common), rest
     entry = zoo.get(first)  # raises, listing the known names, for anything else
     if weights is None:
         raise ProtosegError(
@@ -194,6 +194,10 @@ model_options = [
     click.option("--crf", metavar="PRESET", help="Refine labels with DeepLab's DenseCRF using a preset of "
                  "protoseg.crf.PRESETS (e.g. deeplab_v2_resnet101)."),
     click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cuda or cuda:1."),
+    click.option("--samples", type=click.IntRange(min=1), default=1, show_default=True,
+                 help="Forward passes per image; labels from their mean, and an uncertainty map (Bayesian SegNet)."),
+    click.option("--seed", type=int, default=0, show_default=True, help="Seeds the sampling of --samples."),
+    fork_option,
 ]
 
 
@@ -212,22 +216,25 @@ def _with_model_options(fn):
               help="Label colours: 'voc', a palette PNG, or a text file of 'R G B' lines.")
 @click.option("--save-scores", is_flag=True, help="Also write each image's C x H x W scores as NAME_scores.npy.")
 @click.option("--force", is_flag=True, help="Overwrite existing result files.")
-def run(args, out_dir: Path, weights, defines, mean, batch_size: int, crf, device: str, palette: str,
-        save_scores: bool, force: bool) -> None:
-    """Segment images: NAME.png (palette labels), NAME_overlay.jpg, and optionally scores and CRF labels.
+def run(args, out_dir: Path, weights, defines, mean, batch_size: int, crf, device: str, samples: int, seed: int,
+        fork: str | None, palette: str, save_scores: bool, force: bool) -> None:
+    """Segment images: NAME.png (palette labels), NAME_overlay.jpg, and optionally scores, CRF labels and (with
+    --samples) an uncertainty map.
 
-    MODEL is a .pt2 written by 'protoseg convert' (with --mean), or a zoo name with --weights.
+    MODEL is a .pt2 written by 'protoseg convert', or a zoo name with --weights.
     """
     from protoseg.run.palette import load_palette
     from protoseg.run.predict import check_free, collect_images, planned_outputs, write_prediction
 
-    seg, rest = _segmenter(args, weights, defines=defines, mean=mean, crf=crf, device=device)
+    seg, rest = _segmenter(args, weights, defines=defines, mean=mean, crf=crf, device=device, samples=samples,
+                           seed=seed, fork=fork)
     if not rest:
         raise ProtosegError("give at least one image file or folder after the model")
     images = collect_images(rest)
     pal = load_palette(palette)
     check_free((p for img in images for p in planned_outputs(out_dir, img.stem, save_scores=save_scores,
-                                                               crf=crf is not None).values()), force=force)
+                                                               crf=crf is not None, samples=samples > 1).values()),
+               force=force)
     count = 0
     for pred in seg.predict(images, batch_size=batch_size, progress=True):
         written = write_prediction(pred, out_dir, palette=pal, save_scores=save_scores)
@@ -245,13 +252,14 @@ def run(args, out_dir: Path, weights, defines, mean, batch_size: int, crf, devic
 @_with_model_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (with the confusion matrix).")
 def eval_(args, dataset: Path, split: str, limit: int | None, weights, defines, mean, batch_size: int, crf,
-          device: str, as_json: bool) -> None:
+          device: str, samples: int, seed: int, fork: str | None, as_json: bool) -> None:
     """Mean IoU, per-class IoU and pixel accuracy on a VOC-layout dataset (the devkit's definitions)."""
     from protoseg import zoo
     from protoseg.run.metrics import voc_pairs
     from protoseg.run.predict import evaluate
 
-    seg, rest = _segmenter(args, weights, defines=defines, mean=mean, crf=crf, device=device)
+    seg, rest = _segmenter(args, weights, defines=defines, mean=mean, crf=crf, device=device, samples=samples,
+                           seed=seed, fork=fork)
     if rest:
         raise ProtosegError(f"unexpected argument(s) {' '.join(rest)}; eval takes a model and --dataset")
     pairs = voc_pairs(dataset, split)[:limit]

@@ -286,3 +286,33 @@ def test_eval_missing_dataset(colour_net, tmp_path: Path, capsys) -> None:
     prototxt, weights = colour_net
     assert main(["eval", str(prototxt), str(weights), "--mean", "0", "--dataset", str(tmp_path / "nope")]) == 2
     assert "dataset folder not found" in capsys.readouterr().err
+
+
+BAYESIAN = """name: "bayesian"
+input: "data" input_shape { dim: 1 dim: 3 dim: 8 dim: 8 }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" convolution_param { num_output: 3 kernel_size: 1 } }
+layer { name: "drop" type: "Dropout" bottom: "conv" top: "conv" dropout_param { dropout_ratio: 0.5 sample_weights_test: true } }
+layer { name: "prob" type: "Softmax" bottom: "conv" top: "prob" }
+"""
+
+
+def test_run_samples_bayesian_segnet_dropout(images: list[Path], tmp_path: Path) -> None:
+    """Dropout with sample_weights_test draws at test time: --samples N reports the mean and an uncertainty map,
+    repeatably for one --seed."""
+    net = tmp_path / "bayesian.prototxt"
+    net.write_text(BAYESIAN)
+    weights = tmp_path / "b.caffemodel"
+    rng = np.random.default_rng(0)
+    write_weights(weights, {"conv": [rng.standard_normal((3, 3, 1, 1)).astype(np.float32) * 0.1,
+                                     np.zeros(3, np.float32)]})
+    base = ["run", str(net), str(weights), str(images[0]), "--mean", "128", "--save-scores"]
+    for out, extra in (("a", ["--samples", "8", "--seed", "1"]), ("b", ["--samples", "8", "--seed", "1"]),
+                       ("c", ["--samples", "8", "--seed", "2"])):
+        assert main([*base, "-o", str(tmp_path / out), *extra]) == 0
+    stem = images[0].stem
+    a, b, c = (np.load(tmp_path / out / f"{stem}_scores.npy") for out in "abc")
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    variance = np.load(tmp_path / "a" / f"{stem}_variance.npy")
+    assert variance.shape == a.shape and variance.max() > 0
+    with Image.open(tmp_path / "a" / f"{stem}_uncertainty.png") as im:
+        assert im.mode == "L" and im.size == (a.shape[2], a.shape[1])

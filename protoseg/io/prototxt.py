@@ -20,6 +20,9 @@ from protoseg.proto import caffe_pb2
 
 __all__ = ["format_net", "parse_prototxt", "read_prototxt"]
 
+#: Largest prototxt read: the biggest published one (DeepLab v2 ResNet-101 MSC) is under 1 MiB.
+MAX_PROTOTXT = 64 * 2**20
+
 #: DeepLab's run scripts fill ``${NAME}`` with sed before Caffe sees the file.
 _TEMPLATE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NO_FIELD = re.compile(r'^Message type "([\w.]+)" has no field named "(\w+)"\.?$')
@@ -81,7 +84,11 @@ def read_prototxt(path: str | Path, defines: Mapping[str, object] | None = None)
     """Read and parse the prototxt at ``path`` (see :func:`parse_prototxt`)."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            data = f.read(MAX_PROTOTXT + 1)
+        if len(data) > MAX_PROTOTXT:
+            raise ParseError(f"{path}: larger than {MAX_PROTOTXT // 2**20} MiB; a net definition is text of at most a "
+                             "few MB (is this a caffemodel or a dataset?)")
     except FileNotFoundError:
         raise ParseError(f"{path}: no such file") from None
     except IsADirectoryError:

@@ -37,9 +37,10 @@ class Prediction:
 
     name: str  # the image's file stem (or a caller's name for an array)
     image: np.ndarray  # H×W×3 uint8 RGB, as read
-    scores: np.ndarray  # float32 C×H×W, the net's raw output (no softmax)
+    scores: np.ndarray  # float32 C×H×W, the net's raw output (no softmax); with samples, their mean
     labels: np.ndarray  # int64 H×W, argmax of scores
     crf_labels: np.ndarray | None = None  # int64 H×W after DenseCRF, when asked for
+    variance: np.ndarray | None = None  # float32 C×H×W over Monte Carlo samples (Bayesian SegNet), when asked for
 
 
 class Segmenter:
@@ -57,6 +58,8 @@ class Segmenter:
         crf: str | None = None,
         device: str | torch.device = "cpu",
         name: str = "model",
+        samples: int = 1,
+        seed: int = 0,
     ) -> None:
         self.device = torch.device(device)
         self.module = module.to(self.device)
@@ -70,6 +73,11 @@ class Segmenter:
         self.categories = list(categories) if categories else None
         self.name = name
         self.crf_params = _crf_preset(crf) if crf else None
+        if samples < 1:
+            raise ProtosegError(f"--samples must be at least 1, got {samples}")
+        #: Forward passes per image; their outputs' mean and variance are reported (Bayesian SegNet: the nets'
+        #: Dropout layers with sample_weights_test draw anew each pass, from torch's generator seeded by ``seed``).
+        self.samples, self.seed = samples, seed
         self._warned_resize = False
         extra = [n for n in self.input_names[1:] if n != "data_dim"]
         if extra:
@@ -164,7 +172,12 @@ class Segmenter:
         if "data_dim" in self.input_names[1:]:
             dims = [[[[h, w]]] for h, w in sizes] + [[[list(sizes[-1])]]] * (batch.shape[0] - n_real)
             args.append(torch.tensor(dims, dtype=torch.float32, device=self.device))
-        out = self._pick(self.module(*args))[:n_real]
+        variance = None
+        if self.samples == 1:
+            out = self._pick(self.module(*args))[:n_real]
+        else:
+            draws = torch.stack([self._pick(self.module(*args))[:n_real] for _ in range(self.samples)])
+            out, variance = draws.mean(0), draws.var(0, unbiased=False)
         if out.dim() != 4:
             raise ProtosegError(f"{self.name}: output {self.output or ''} has shape {tuple(out.shape)}; "
                                 "expected per-class scores N×C×H×W")
@@ -177,6 +190,9 @@ class Segmenter:
                 )
                 self._warned_resize = True
             out = torch.nn.functional.interpolate(out, size=tuple(x.shape[2:]), mode="bilinear", align_corners=True)
+            if variance is not None:
+                variance = torch.nn.functional.interpolate(variance, size=tuple(x.shape[2:]), mode="bilinear",
+                                                           align_corners=True)
         results = []
         for i, (h, w) in enumerate(sizes):
             scores = out[i:i + 1, :, :h, :w]
@@ -187,7 +203,8 @@ class Segmenter:
                 probs = dense_crf(scores, x[i:i + 1, :, :h, :w], **self.crf_params.as_kwargs())
                 crf_labels = probs[0].argmax(0).cpu().numpy()
             scores_np = scores[0].float().cpu().numpy()
-            results.append(Prediction(names[i], images[i], scores_np, scores_np.argmax(0), crf_labels))
+            var = None if variance is None else variance[i, :, :h, :w].float().cpu().numpy()
+            results.append(Prediction(names[i], images[i], scores_np, scores_np.argmax(0), crf_labels, var))
         return results
 
     def predict(
@@ -204,6 +221,8 @@ class Segmenter:
         if batch_size < 1:
             raise ProtosegError(f"--batch-size must be at least 1, got {batch_size}")
         items = list(images)
+        if self.samples > 1:
+            torch.manual_seed(self.seed)
         bar = tqdm(total=len(items), unit="img", desc=self.name, leave=False,
                    disable=None if progress else True)  # None: only on a terminal
         pending: list[tuple[np.ndarray, str]] = []
@@ -293,13 +312,18 @@ def collect_images(paths: Iterable[PathLike]) -> list[Path]:
     return found
 
 
-def planned_outputs(out_dir: Path, stem: str, *, save_scores: bool, crf: bool) -> dict[str, Path]:
+def planned_outputs(out_dir: Path, stem: str, *, save_scores: bool, crf: bool, samples: bool = False
+                    ) -> dict[str, Path]:
     """The files :func:`write_prediction` writes for one image, by kind."""
     files = {"labels": out_dir / f"{stem}.png", "overlay": out_dir / f"{stem}_overlay.jpg"}
     if save_scores:
         files["scores"] = out_dir / f"{stem}_scores.npy"
     if crf:
         files["crf"] = out_dir / f"{stem}_crf.png"
+    if samples:
+        files["uncertainty"] = out_dir / f"{stem}_uncertainty.png"
+        if save_scores:
+            files["variance"] = out_dir / f"{stem}_variance.npy"
     return files
 
 
@@ -320,7 +344,8 @@ def write_prediction(pred: Prediction, out_dir: Path, *, palette: np.ndarray | N
 
     from protoseg.run.palette import label_image, overlay
 
-    files = planned_outputs(out_dir, pred.name, save_scores=save_scores, crf=pred.crf_labels is not None)
+    files = planned_outputs(out_dir, pred.name, save_scores=save_scores, crf=pred.crf_labels is not None,
+                            samples=pred.variance is not None)
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_labels(pred.labels)
     write_file(files["labels"], lambda tmp: label_image(pred.labels, palette).save(tmp, format="PNG"))
@@ -330,6 +355,13 @@ def write_prediction(pred: Prediction, out_dir: Path, *, palette: np.ndarray | N
         write_file(files["scores"], lambda tmp: np.save(tmp, pred.scores.astype(np.float32)))
     if pred.crf_labels is not None:
         write_file(files["crf"], lambda tmp: label_image(pred.crf_labels, palette).save(tmp, format="PNG"))
+    if pred.variance is not None:
+        # Bayesian SegNet's uncertainty picture: the variance averaged over classes, white = most uncertain.
+        average = pred.variance.mean(0)
+        grey = np.round(255 * average / max(float(average.max()), 1e-12)).astype(np.uint8)
+        write_file(files["uncertainty"], lambda tmp: Image.fromarray(grey, mode="L").save(tmp, format="PNG"))
+        if save_scores:
+            write_file(files["variance"], lambda tmp: np.save(tmp, pred.variance.astype(np.float32)))
     return list(files.values())
 
 
