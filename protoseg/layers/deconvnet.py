@@ -3,7 +3,8 @@
 ``src/caffe/layers/unpooling_layer.cpp``: the output is ``unpool_size`` (or ``unpool_h x unpool_w``), else
 ``max((H - 1) * stride + kernel - 2 * pad, H * stride - pad + 1)``; ``pad`` must be 0. MAX unpooling with the
 pooling's mask as second bottom puts each value at the flat position its mask holds in a zero plane
-(:func:`~protoseg.layers.pool.scatter_by_mask`); without a mask, at ``(h * stride, w * stride)``. The fork's
+(:func:`~protoseg.layers.pool.scatter_by_mask`); without a mask, at ``(h * stride, w * stride)`` clamped into
+the plane. The fork's
 BN is caffe-segnet's (:mod:`protoseg.layers.segnet`), its window/image data layers are data layers and its
 accuracy layers are pruned.
 """
@@ -32,9 +33,9 @@ class Unpool(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         h, w = x.shape[-2], x.shape[-1]
         out_h, out_w = unpool_size((h, w), self.size, self.kernel, self.stride)
-        if mask is None:  # each value to the top-left corner of its window
-            rows = torch.arange(h, device=x.device)[:, None] * self.stride[0]
-            cols = torch.arange(w, device=x.device)[None, :] * self.stride[1]
+        if mask is None:  # each value to the top-left corner of its window, clamped into the plane as Caffe does
+            rows = (torch.arange(h, device=x.device)[:, None] * self.stride[0]).clamp(max=out_h - 1)
+            cols = (torch.arange(w, device=x.device)[None, :] * self.stride[1]).clamp(max=out_w - 1)
             mask = (rows * out_w + cols).to(x.dtype).expand_as(x)
         return scatter_by_mask(x, mask, out_h, out_w)
 

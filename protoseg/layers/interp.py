@@ -1,8 +1,8 @@
 """DeepLab's Interp (bilinear resize, align-corners mapping) and DeepLab v1's Padding.
 
 Interp's output size follows the fork's InterpLayer::Reshape, in this precedence: shrink only, zoom only,
-shrink then zoom (whatever order the prototxt writes them in), explicit height + width, then a second bottom's
-size; :func:`interp_size` is that rule, used by shape inference and by the module alike. ``pad_beg`` and
+explicit height + width, shrink then zoom (whatever order the prototxt writes them in), then a second bottom's
+size (DeepLab v1's fork takes exactly one of them); :func:`interp_size` is that rule, used by shape inference and by the module alike. ``pad_beg`` and
 ``pad_end`` (never positive in the fork) crop the input before resizing. The sampling is
 ``src = dst * (in - 1) / (out - 1)``, i.e. ``align_corners=True`` in torch.
 """
@@ -21,13 +21,13 @@ def interp_size(in_hw, like_hw, zoom: int | None, shrink: int | None, size: tupl
     """The fork's InterpLayer::Reshape: output (H, W) for an input of ``in_hw`` (before the pads crop it) and
     a second bottom of ``like_hw`` (or None). Shape inference and the module both size with this."""
     h, w = in_hw[0] + pad[0] + pad[1], in_hw[1] + pad[0] + pad[1]
-    if zoom is not None or shrink is not None:
+    if (zoom is None) != (shrink is None) or (zoom is not None and size is None):
         if shrink is not None:
             h, w = (h - 1) // shrink + 1, (w - 1) // shrink + 1
         if zoom is not None:
             h, w = h + (h - 1) * (zoom - 1), w + (w - 1) * (zoom - 1)
         return h, w
-    if size is not None:
+    if size is not None:  # before shrink + zoom together, as the fork's if-chain has it
         return size
     return like_hw[0], like_hw[1]
 
@@ -65,6 +65,9 @@ class InterpConverter(Converter):
         if has_size and (p.height <= 0 or p.width <= 0):
             raise self.error(f"height {p.height} and width {p.width} must be positive")
         self.size = (p.height, p.width) if has_size else None
+        specs = (self.zoom is not None) + (self.shrink is not None) + has_size + (len(self.param.bottom) == 2)
+        if self.fork == "deeplab-v1" and specs > 1:
+            raise self.error("DeepLab v1's Interp takes exactly one of zoom_factor, shrink_factor, height + width")
         self.pad = (p.pad_beg, p.pad_end)
         if p.pad_beg > 0 or p.pad_end > 0:
             raise self.error(f"pad_beg {p.pad_beg} / pad_end {p.pad_end}: DeepLab's Interp only crops (pads <= 0)")
@@ -86,7 +89,7 @@ class InterpConverter(Converter):
         return [(n, c, *out)]
 
     def fixed_size(self) -> str | None:
-        if self.zoom is None and self.shrink is None and self.size is not None:
+        if self.size is not None and (self.zoom is None) == (self.shrink is None):
             return f"height/width {self.size[0]} x {self.size[1]}"
         return None
 
@@ -115,6 +118,9 @@ class Padding(Converter):
     def setup(self) -> None:
         p = self.param.padding_param
         self.beg, self.end = p.pad_beg, p.pad_end
+        if self.beg * self.end < 0:
+            raise self.error(f"pad_beg {self.beg} and pad_end {self.end} must pad (>= 0) or crop (<= 0) alike, "
+                             "as DeepLab v1's Padding checks")
 
     def infer(self, shapes: Bottoms) -> list[Shape]:
         if len(shapes[0]) != 4:

@@ -84,22 +84,31 @@ class SoftmaxConverter(Converter):
         return Softmax(self.axis(self.param.softmax_param.axis, len(shapes[0])))
 
 
+def caffe_topk(x: torch.Tensor, k: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` largest values along ``dim`` and their indices, ordered as Caffe's ``partial_sort`` of
+    (value, index) pairs orders them: among equal values the larger index comes first."""
+    size = x.shape[dim]
+    values, flipped = torch.sort(x.flip(dim), dim=dim, descending=True, stable=True)
+    return values.narrow(dim, 0, k), (size - 1 - flipped).narrow(dim, 0, k)
+
+
 class ArgMax(nn.Module):
     """Caffe's ArgMax: indices (as floats) of the ``top_k`` largest values, optionally with the values.
 
-    Without ``axis`` Caffe flattens each item and returns N x (1 or 2) x top_k.
+    Without ``axis`` Caffe flattens each item and returns N x (1 or 2) x top_k, padded with 1s to the bottom's
+    number of axes.
     """
 
-    def __init__(self, axis: int | None, top_k: int, out_max_val: bool):
+    def __init__(self, axis: int | None, top_k: int, out_max_val: bool, ndim: int = 3):
         super().__init__()
-        self.axis, self.top_k, self.out_max_val = axis, top_k, out_max_val
+        self.axis, self.top_k, self.out_max_val, self.ndim = axis, top_k, out_max_val, ndim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.axis is None:
-            values, indices = torch.topk(x.flatten(1), self.top_k, dim=1)
+            values, indices = caffe_topk(x.flatten(1), self.top_k, 1)
             out = torch.stack([indices.to(x.dtype), values], 1) if self.out_max_val else indices.to(x.dtype)[:, None]
-            return out
-        values, indices = torch.topk(x, self.top_k, dim=self.axis)
+            return out.reshape(*out.shape, *[1] * (self.ndim - 3))
+        values, indices = caffe_topk(x, self.top_k, self.axis)
         return values if self.out_max_val else indices.to(x.dtype)
 
     def extra_repr(self) -> str:
@@ -114,13 +123,15 @@ class ArgMaxConverter(Converter):
         p = self.param.argmax_param
         self.top_k, self.out_max_val = p.top_k, p.out_max_val
         self.raw_axis = p.axis if p.HasField("axis") else None
+        if self.top_k < 1:
+            raise self.error(f"top_k {self.top_k} must be at least 1")
 
     def infer(self, shapes: Bottoms) -> list[Shape]:
         shape = shapes[0]
         if self.raw_axis is None:
             if self.top_k > product(shape[1:]):
                 raise self.shape_error(f"top_k {self.top_k} exceeds the {product(shape[1:])} values per item")
-            return [(shape[0], 2 if self.out_max_val else 1, self.top_k)]
+            return [(shape[0], 2 if self.out_max_val else 1, self.top_k) + (1,) * (len(shape) - 3)]
         axis = self.axis(self.raw_axis, len(shape))
         if self.top_k > shape[axis]:
             raise self.shape_error(f"top_k {self.top_k} exceeds axis {axis} of size {shape[axis]}")
@@ -128,7 +139,7 @@ class ArgMaxConverter(Converter):
 
     def module(self, shapes: Bottoms, blobs: list) -> nn.Module:
         axis = None if self.raw_axis is None else self.axis(self.raw_axis, len(shapes[0]))
-        return ArgMax(axis, self.top_k, self.out_max_val)
+        return ArgMax(axis, self.top_k, self.out_max_val, max(len(shapes[0]), 3))
 
 
 class Reshape(nn.Module):

@@ -4,14 +4,16 @@ affine part in one layer.
 ``src/caffe/layers/batch_norm_layer.cpp``: blobs mean[C], variance[C], a one-value correction, and, when
 ``scale_bias`` is set or a ``scale_filler``/``bias_filler`` is given, scale[C] and bias[C]. At test time
 ``y = (x - mean) / sqrt(var + eps) * scale + bias`` with ``eps`` at least 1e-5 (cuDNN's minimum, which NVCaffe
-enforces); statistics are divided by the correction value as BVLC's scale factor (NVCaffe keeps it at 1; a
-3-blob file written by BVLC Caffe loads this way in NVCaffe too). ``use_global_stats: false`` means batch
-statistics at test time, as NVCaffe computes them. Files from NVCaffe 0.15 and DIGITS store the five blobs as
-scale, bias, mean, variance, reserved[1]; they are reordered on load, as NVCaffe 0.17 does.
+0.16+ enforces). A 3-blob file (BVLC's layout) has its statistics divided by blob 2, as NVCaffe 0.17 does on
+load; in a 5-blob file the statistics are stored as they are and blob 2 is not read. Files from NVCaffe 0.15 and
+DIGITS store the five blobs as scale, bias, mean, variance, reserved[1] (saved as 0); they are reordered on load,
+as NVCaffe 0.17 does. ``use_global_stats: false`` means batch statistics at test time, as NVCaffe 0.15 and the
+DIGITS-era builds compute them (0.16+ ignore the flag at test time).
 """
 
 from __future__ import annotations
 
+import numpy as np
 from torch import nn
 
 from protoseg.layers.base import Bottoms, Shape, register
@@ -34,9 +36,12 @@ class NVCaffeBatchNorm(BatchNormConverter):
         self.eps = max(self.eps, CUDNN_BN_MIN_EPSILON)
 
     def arrange(self, stored: list) -> list:
-        if len(stored) == 5 and stored[4].size == 1 and stored[2].size != 1:  # 0.15 / DIGITS order
-            return [stored[2], stored[3], stored[4], stored[0], stored[1]]
-        return stored
+        if len(stored) != 5:
+            return stored  # 3 blobs: BVLC's layout, the statistics scaled by blob 2 as BVLC keeps them
+        if stored[4].size == 1 and stored[2].size != 1:  # 0.15 / DIGITS order: scale, bias, mean, var, reserved
+            stored = [stored[2], stored[3], stored[4], stored[0], stored[1]]
+        # Five blobs hold the statistics themselves: NVCaffe never reads blob 2 (0.15 saves it as 0).
+        return [stored[0], stored[1], np.ones_like(stored[2]), stored[3], stored[4]]
 
     def blob_shapes(self, shapes: Bottoms) -> list[Shape]:
         c = shapes[0][1]

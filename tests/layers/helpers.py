@@ -8,7 +8,7 @@ message reads ``layer 'L' (Type): ...`` and a test can check that it names the l
 from __future__ import annotations
 
 import re
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pytest
@@ -85,17 +85,18 @@ def assert_close(actual: np.ndarray, expected: np.ndarray, rtol: float = RTOL, a
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
 
 
-def max_pool_mask(x: np.ndarray, k: int, s: int) -> tuple[np.ndarray, np.ndarray]:
+def max_pool_mask(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Caffe's MAX pooling without padding, with its mask top: per window (clipped to the plane, ceil-sized)
     the maximum and the flat ``h * W + w`` of its first occurrence in raster order (``>`` replaces)."""
     n, c, h, w = x.shape
-    oh, ow = -(-(h - k) // s) + 1, -(-(w - k) // s) + 1
+    (kh, kw), (sh, sw) = kernel, stride
+    oh, ow = -(-(h - kh) // sh) + 1, -(-(w - kw) // sw) + 1
     top = np.full((n, c, oh, ow), -np.inf, np.float32)
     mask = np.full((n, c, oh, ow), -1.0, np.float32)
     for i in range(oh):
         for j in range(ow):
-            for hh in range(i * s, min(i * s + k, h)):
-                for ww in range(j * s, min(j * s + k, w)):
+            for hh in range(i * sh, min(i * sh + kh, h)):
+                for ww in range(j * sw, min(j * sw + kw, w)):
                     better = x[:, :, hh, ww] > top[:, :, i, j]
                     top[:, :, i, j] = np.where(better, x[:, :, hh, ww], top[:, :, i, j])
                     mask[:, :, i, j] = np.where(better, hh * w + ww, mask[:, :, i, j])

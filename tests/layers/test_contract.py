@@ -48,33 +48,29 @@ class Pruned:
     """A training-only layer over ``score`` (a ReLU's top) and ``label``: dropped, ``score`` the output."""
 
 
-def pair(**shapes) -> dict:
-    return dict(shapes)
-
-
 FILE_DATA = Data("transform_param { crop_size: 5 }")
-TWO_IMAGES = pair(a=(2, 3, 6, 8), b=(2, 3, 6, 8))
-CRF_INPUTS = pair(unary=(1, 3, 6, 8), logits=(1, 3, 6, 8), image=(1, 3, 6, 8))
+TWO_IMAGES = {"a": (2, 3, 6, 8), "b": (2, 3, 6, 8)}
+CRF_INPUTS = {"unary": (1, 3, 6, 8), "logits": (1, 3, 6, 8), "image": (1, 3, 6, 8)}
 
-#: One case per Caffe type; ``(fork, type)`` keys override where a fork's layer needs another net.
-CASES: dict[str | tuple[str, str], Compute | Data | Pruned] = {
+#: One case per Caffe type, whichever forks register it.
+CASES: dict[str, Compute | Data | Pruned] = {
     "AbsVal": Compute(),
     "ArgMax": Compute("argmax_param { axis: 1 top_k: 2 }"),
     "BN": Compute(),
     "BatchNorm": Compute(),
-    "Concat": Compute(inputs=pair(a=(2, 3, 6, 8), b=(2, 1, 6, 8)), second=pair(a=(1, 3, 4, 4), b=(1, 2, 4, 4))),
+    "Concat": Compute(inputs={"a": (2, 3, 6, 8), "b": (2, 1, 6, 8)}, second={"a": (1, 3, 4, 4), "b": (1, 2, 4, 4)}),
     "Convolution": Compute("convolution_param { num_output: 4 kernel_size: 3 pad: 1 stride: 2 group: 1 }"),
-    "Crop": Compute("crop_param { axis: 2 offset: 1 }", pair(a=(2, 3, 8, 9), b=(2, 3, 5, 6)),
-                    pair(a=(1, 3, 7, 7), b=(1, 3, 2, 6))),
+    "Crop": Compute("crop_param { axis: 2 offset: 1 }", {"a": (2, 3, 8, 9), "b": (2, 3, 5, 6)},
+                    {"a": (1, 3, 7, 7), "b": (1, 3, 2, 6)}),
     "Deconvolution": Compute("convolution_param { num_output: 3 kernel_size: 4 stride: 2 group: 3 bias_term: false }"),
     "DenseCRF": Compute("dense_crf_param { max_iter: 2 pos_w: 3 pos_xy_std: 3 bi_w: 5 bi_xy_std: 20 bi_rgb_std: 10 }",
-                        pair(scores=(1, 3, 6, 8), data_dim=(1, 1, 1, 2), image=(1, 3, 6, 8)),
-                        pair(scores=(1, 3, 5, 4), data_dim=(1, 1, 1, 2), image=(1, 3, 5, 4))),
+                        {"scores": (1, 3, 6, 8), "data_dim": (1, 1, 1, 2), "image": (1, 3, 6, 8)},
+                        {"scores": (1, 3, 5, 4), "data_dim": (1, 1, 1, 2), "image": (1, 3, 5, 4)}),
     "Dropout": Compute("dropout_param { dropout_ratio: 0.3 }"),
     "Eltwise": Compute("eltwise_param { operation: SUM coeff: 2 coeff: -1 }", TWO_IMAGES,
-                       pair(a=(1, 3, 4, 9), b=(1, 3, 4, 9))),
+                       {"a": (1, 3, 4, 9), "b": (1, 3, 4, 9)}),
     "Flatten": Compute(),
-    "InnerProduct": Compute("inner_product_param { num_output: 5 }", second=pair(x=(5, 3, 6, 8))),
+    "InnerProduct": Compute("inner_product_param { num_output: 5 }", second={"x": (5, 3, 6, 8)}),
     "Interp": Compute("interp_param { zoom_factor: 2 pad_beg: -1 }"),
     "LRN": Compute("lrn_param { local_size: 3 }"),
     "MultiStageMeanfield": Compute("multi_stage_meanfield_param { num_iterations: 2 }", CRF_INPUTS,
@@ -92,8 +88,8 @@ CASES: dict[str | tuple[str, str], Compute | Data | Pruned] = {
     "Split": Compute(tops=("y", "z")),
     "TanH": Compute(),
     "Unpooling": Compute("unpooling_param { kernel_size: 2 stride: 2 }"),
-    "Upsample": Compute("upsample_param { scale: 2 }", pair(x=(2, 3, 3, 4), mask=(2, 3, 3, 4)),
-                        pair(x=(1, 3, 5, 2), mask=(1, 3, 5, 2))),
+    "Upsample": Compute("upsample_param { scale: 2 }", {"x": (2, 3, 3, 4), "mask": (2, 3, 3, 4)},
+                        {"x": (1, 3, 5, 2), "mask": (1, 3, 5, 2)}),
     "Input": Data("input_param { shape { dim: 1 dim: 3 dim: 5 dim: 5 } }"),
     "DummyData": Data("dummy_data_param { shape { dim: 1 dim: 3 dim: 5 dim: 5 } }"),
     "MemoryData": Data("memory_data_param { batch_size: 1 channels: 3 height: 5 width: 5 }"),
@@ -112,13 +108,11 @@ CASES: dict[str | tuple[str, str], Compute | Data | Pruned] = {
 NOT_EXPORTABLE = {"DenseCRF", "MultiStageMeanfield"}
 
 
-def case_of(fork: str, type_name: str):
-    return CASES.get((fork, type_name), CASES.get(type_name))
-
-
-def pairs_of(kind: type) -> list:
-    return [pytest.param(fork, t, id=f"{fork}-{t}") for fork, t in sorted(registered(), key=lambda p: (p[1], p[0]))
-            if isinstance(case_of(fork, t), kind)]
+def pairs_of(kind: type, failing: set[str] = frozenset(), reason: str = "") -> list:
+    """Every registered (fork, type) whose case is a ``kind``, as parameters; those of ``failing`` types xfail."""
+    xfail = [pytest.mark.xfail(strict=True, reason=reason)]
+    return [pytest.param(fork, t, id=f"{fork}-{t}", marks=xfail if t in failing else [])
+            for fork, t in sorted(registered(), key=lambda p: (p[1], p[0])) if isinstance(CASES.get(t), kind)]
 
 
 def random_inputs(shapes: dict, seed: int) -> dict[str, np.ndarray]:
@@ -134,13 +128,13 @@ def random_blobs(net) -> dict[str, list[np.ndarray]]:
 
 
 def test_every_type_has_a_case() -> None:
-    missing = sorted({f"{fork}:{t}" for fork, t in registered() if case_of(fork, t) is None})
+    missing = sorted({f"{fork}:{t}" for fork, t in registered() if t not in CASES})
     assert not missing, f"add a case to CASES for {missing}"
 
 
 def built(fork: str, type_name: str):
     """The one-layer net of a compute case, its graph with random blobs, and random inputs at the first size."""
-    case = case_of(fork, type_name)
+    case = CASES[type_name]
     net = one_layer(type_name, case.params, case.inputs, tops=case.tops, fork=fork)
     return case, net, to_graph(net, random_blobs(net)), random_inputs(case.inputs, 0)
 
@@ -159,9 +153,7 @@ def test_compute_layer_runs_as_inferred(fork: str, type_name: str) -> None:
         assert {t: out[t].shape for t in case.tops} == dict(zip(case.tops, resized.layers[0].shapes))
 
 
-@pytest.mark.parametrize("fork, type_name", [
-    pytest.param(*p.values, id=p.id, marks=pytest.mark.xfail(strict=True, reason="lattice is not traceable"))
-    if p.values[1] in NOT_EXPORTABLE else p for p in pairs_of(Compute)])
+@pytest.mark.parametrize("fork, type_name", pairs_of(Compute, NOT_EXPORTABLE, "the lattice is not traceable"))
 def test_compute_layer_exports(fork: str, type_name: str) -> None:
     """torch.export of the one-layer graph (static shapes: the cheap path) computes what the graph does."""
     _, net, gm, inputs = built(fork, type_name)
@@ -176,7 +168,7 @@ def test_compute_layer_exports(fork: str, type_name: str) -> None:
 
 @pytest.mark.parametrize("fork, type_name", pairs_of(Data))
 def test_data_layer_becomes_a_graph_input(fork: str, type_name: str) -> None:
-    text = (layer_text(type_name, case_of(fork, type_name).params, (), ("data", "label")) +
+    text = (layer_text(type_name, CASES[type_name].params, (), ("data", "label")) +
             layer_text("ReLU", "", ("data",), ("y",), name="relu"))
     net = build(text, fork, input_shapes={"data": (1, 3, 5, 5), "label": (1, 1, 5, 5)})
     assert net.inputs == {"data": (1, 3, 5, 5)} and [layer.name for layer in net.layers] == ["relu"]
@@ -194,6 +186,8 @@ def test_training_only_layer_is_dropped(fork: str, type_name: str) -> None:
     net = build(text, fork)
     assert net.pruned == ["L"] and net.outputs == ["score"] and list(net.inputs) == ["data"]
     assert [layer.name for layer in net.layers] == ["relu"]
+    x = np.random.default_rng(0).standard_normal((1, 3, 5, 5)).astype(np.float32)
+    np.testing.assert_array_equal(run(net, {"data": x})["score"], np.maximum(x, 0))
 
 
 def test_every_converter_has_a_one_line_docstring() -> None:
