@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 import keyword
 import math
+import os
 import textwrap
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -59,7 +60,7 @@ def export(prototxt, weights, output: Path, *, fmt: str = "pt2", defines: Mappin
     elif fmt == "py":
         write_source(gm, output, output.with_suffix(".safetensors"))
     else:
-        write_onnx(gm, opened.net, output)
+        written = write_onnx(gm, opened.net, output)
     return written
 
 
@@ -112,19 +113,31 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {quote(text.splitlines()[0], 300)[1:-1]}" if text else type(e).__name__
 
 
-def write_onnx(gm: fx.GraphModule, net: Net, output: Path) -> None:
+def write_onnx(gm: fx.GraphModule, net: Net, output: Path) -> list[Path]:
+    """The ONNX model and, for weights over 2 GB or as the exporter chooses, its ``NAME.onnx.data`` beside it;
+    both are written in a temporary folder and renamed into place. Returns the files written."""
     try:
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401
     except ImportError:
         raise ProtosegError("--format onnx needs the onnx and onnxscript packages: pip install onnx onnxscript") from None
+    import tempfile
+
     names = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
-    try:
-        with torch.no_grad():
-            write_file(output, lambda tmp: torch.onnx.export(gm, example_inputs(net), tmp, input_names=names,
-                                                           dynamic_shapes=dynamic_shapes(net), dynamo=True))
-    except Exception as e:  # the ONNX exporter raises many exception types
-        raise ProtosegError(f"ONNX export of net {quote(net.name)} failed: {_first_line(e)}; try --format pt2") from e
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as tmp:
+        try:
+            with torch.no_grad():
+                torch.onnx.export(gm, example_inputs(net), str(Path(tmp) / output.name), input_names=names,
+                                  dynamic_shapes=dynamic_shapes(net), dynamo=True)
+        except Exception as e:  # the ONNX exporter raises many exception types
+            raise ProtosegError(f"ONNX export of net {quote(net.name)} failed: {_first_line(e)}; "
+                                "try --format pt2") from e
+        written = []
+        for made in sorted(Path(tmp).iterdir()):  # the model and the external data file it names
+            os.replace(made, output.parent / made.name)
+            written.append(output.parent / made.name)
+    return written
 
 
 # -- readable source --------------------------------------------------------------------------------------

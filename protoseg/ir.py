@@ -253,6 +253,7 @@ def build_net(
             f"{source + ': ' if source else ''}--input names {', '.join(map(quote, sorted(unknown_inputs)))} but the "
             f"net's inputs are {', '.join(quote(caffe_name[i]) for i in inputs) or 'none'}"
         )
+    _check_unique_names(layers)
     _resolve_sharing(netparam, layers)
     out_names = _outputs(layers, inputs, outputs, caffe_name, source)
     data_tops = [caffe_name[i] for i in inputs]
@@ -321,6 +322,22 @@ def _prune_unused(layers: list[Layer], inputs: dict[str, Shape], outputs: list[s
             needed.update(layer.bottoms)
     kept.reverse()
     return kept, {k: v for k, v in inputs.items() if k in needed}
+
+
+def _check_unique_names(layers: list[Layer]) -> None:
+    """Caffe finds a layer's weights by its name, so two layers with parameters cannot share one (HED's five
+    parameterless Crops all called "crop" are fine)."""
+    seen: dict[str, Layer] = {}
+    for layer in layers:
+        if not layer.blob_shapes:
+            continue
+        if layer.name in seen:
+            first = seen[layer.name]
+            raise layer_error(ShapeError, layer.name, layer.type,
+                              f"a layer with parameters of the same name comes earlier"
+                              f"{' (' + first.where + ')' if first.where else ''}; Caffe matches weights to layers "
+                              "by name, so rename one of them", layer.where)
+        seen[layer.name] = layer
 
 
 def _resolve_sharing(netparam, layers: list[Layer]) -> None:

@@ -398,3 +398,20 @@ def test_shape_error_for_blobs_beyond_int_max_in_inference() -> None:
     text = 'input: "data" input_shape { dim: 100000 dim: 100000 dim: 1000 dim: 1 }\n'
     with pytest.raises(ShapeError, match="more than the 2,147,483,647 a Caffe blob can"):
         _net(text + 'layer { name: "r" type: "ReLU" bottom: "data" top: "r" }\n')
+
+
+def test_two_layers_with_parameters_cannot_share_a_name() -> None:
+    text = ('input: "data" input_shape { dim: 1 dim: 1 dim: 4 dim: 4 }\n'
+            'layer { name: "c" type: "Convolution" bottom: "data" top: "a" convolution_param { num_output: 2 '
+            'kernel_size: 1 } }\n'
+            'layer { name: "c" type: "Convolution" bottom: "a" top: "b" convolution_param { num_output: 3 '
+            'kernel_size: 1 } }\n')
+    with pytest.raises(ShapeError, match="Caffe matches weights to layers by name"):
+        _net(text)
+
+
+def test_rank_checked_where_the_module_needs_four_axes() -> None:
+    text = ('input: "data" input_shape { dim: 1 dim: 2 dim: 3 dim: 4 dim: 4 }\n'
+            'layer { name: "lrn" type: "LRN" bottom: "data" top: "lrn" lrn_param { local_size: 3 } }\n')
+    with pytest.raises(ShapeError, match="expects an N x C x H x W bottom"):
+        _net(text)

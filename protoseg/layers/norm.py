@@ -42,6 +42,19 @@ class BatchNorm(nn.Module):
             y = y * self.weight.reshape(shape) + self.bias.reshape(shape)
         return y
 
+    def channel_affine(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(a, b)`` with ``y = a[c] * x + b[c]`` when the layer is that (stored statistics), else None; in
+        float64, for folding into the convolution before it (:mod:`protoseg.optimize`)."""
+        if not self.use_global_stats:
+            return None
+        f = float(self.scale_factor.double()[0])
+        inv = 0.0 if f == 0 else 1.0 / f
+        a = 1.0 / torch.sqrt(self.variance.double() * inv + self.eps)
+        b = -self.mean.double() * inv * a
+        if self.weight is not None:
+            a, b = a * self.weight.double(), b * self.weight.double() + self.bias.double()
+        return a, b
+
     def extra_repr(self) -> str:
         return f"eps={self.eps}, use_global_stats={self.use_global_stats}"
 
@@ -87,6 +100,13 @@ class Scale(nn.Module):
         if self.bias is not None:
             y = y + self._broadcast(self.bias, x.dim())
         return y
+
+    def channel_affine(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(scale, bias)`` per channel when this Scale is that (one bottom, axis 1, one value per channel)."""
+        if self.weight is None or self.axis != 1 or len(self.shape) != 1:
+            return None
+        bias = self.bias.double() if self.bias is not None else torch.zeros_like(self.weight, dtype=torch.float64)
+        return self.weight.double(), bias
 
     def extra_repr(self) -> str:
         return f"axis={self.axis}, shape={self.shape}"
@@ -170,6 +190,11 @@ class LRNConverter(Converter):
             raise self.error(f"local_size {p.local_size} must be odd (Caffe's rule)")
         self.size, self.alpha, self.beta, self.k = p.local_size, p.alpha, p.beta, p.k
         self.within = type(p).NormRegion.Name(p.norm_region) == "WITHIN_CHANNEL"
+
+    def infer(self, shapes: Bottoms) -> list[Shape]:
+        if len(shapes[0]) != 4:
+            raise self.shape_error(f"expects an N x C x H x W bottom (Caffe's LRN checks 4 axes), got {shapes[0]}")
+        return [shapes[0]]
 
     def module(self, shapes: Bottoms, blobs: list) -> nn.Module:
         return LRN(self.size, self.alpha, self.beta, self.k, self.within)

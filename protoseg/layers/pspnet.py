@@ -28,6 +28,11 @@ class AffineNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / torch.sqrt(self.variance + self.eps) * self.slope + self.bias
 
+    def channel_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(a, b)`` with ``y = a[c] * x + b[c]``, in float64, for folding (:mod:`protoseg.optimize`)."""
+        a = self.slope.double().flatten() / torch.sqrt(self.variance.double().flatten() + self.eps)
+        return a, self.bias.double().flatten() - self.mean.double().flatten() * a
+
     def extra_repr(self) -> str:
         return f"eps={self.eps}"
 

@@ -49,6 +49,12 @@ class SegNetBN(nn.Module):
         y = (x - mean) / torch.sqrt(var + SEGNET_BN_EPS) * self.scale + self.shift
         return (y, mean, var)[: 1 + self.stats] if self.stats else y
 
+    def channel_affine(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(scale, shift)`` in INFERENCE mode without statistics tops, for folding (:mod:`protoseg.optimize`)."""
+        if self.learn or self.stats:
+            return None
+        return self.scale.double().flatten(), self.shift.double().flatten()
+
     def extra_repr(self) -> str:
         return ("LEARN (batch statistics)" if self.learn else "INFERENCE") + (", with statistics tops" if self.stats
                                                                               else "")

@@ -1,0 +1,177 @@
+"""The fast form of a converted net, for running it rather than inspecting it.
+
+:func:`optimize` rewrites the faithful graph (one node per Caffe layer, every blob observable) into one that
+computes the same outputs with fewer, faster passes:
+
+* every convolution absorbs the per-channel affine layers that follow it (BatchNorm with stored statistics,
+  Scale, PSPNet's and SegNet's BN — each layer says what affine it is: ``channel_affine()``) and a ReLU after
+  them, folded in float64 and rounded once;
+* on CPU the convolution weights are re-laid out once for oneDNN (``mkldnn._reorder_convolution_weight``) and run
+  with the ReLU fused (``mkldnn._convolution_pointwise``): no per-call weight reorder, no separate ReLU pass;
+* activations stay ``channels_last`` from input to output, so oneDNN never converts layouts between layers
+  (outputs may stay channels_last too: the same N x C x H x W tensors to any reader);
+* ``precision`` ``bf16``/``fp16`` casts weights and activations (bf16 uses AVX512-BF16/AMX on CPUs with them),
+  and the outputs come back as float32.
+
+The intermediate blobs are gone, so ``verify`` uses the faithful graph; the fp32 fast graph matches Caffe's
+outputs within the fixtures' tolerances (``tests/test_optimize.py``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from protoseg.errors import ProtosegError
+from protoseg.layers.activation import ReLU
+from protoseg.layers.conv import Conv2d, ConvTranspose2d
+
+__all__ = ["PRECISIONS", "optimize"]
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _mkldnn_ok(device: torch.device, dtype: torch.dtype) -> bool:
+    return device.type == "cpu" and torch.backends.mkldnn.is_available() and dtype in (torch.float32, torch.bfloat16)
+
+
+class FusedConv(nn.Module):
+    """A convolution with its following per-channel affines folded in and an optional ReLU fused.
+
+    On CPU the weight is laid out for oneDNN once per input shape (oneDNN picks its kernel by shape: without it
+    a bf16 1x1 convolution on a small map can run 50x slower) and kept for the last few shapes seen: a cache of
+    layouts, never of results.
+    """
+
+    #: Input shapes whose weight layout is kept.
+    CACHED_SHAPES = 4
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, conv: Conv2d, relu: float | None,
+                 dtype: torch.dtype, device: torch.device):
+        super().__init__()
+        self.stride, self.padding = list(conv.stride), list(conv.padding)
+        self.dilation, self.groups = list(conv.dilation), conv.groups
+        self.relu = relu  # None: no activation; otherwise the negative slope
+        self.packed = _mkldnn_ok(device, dtype)
+        self.register_buffer("weight", weight.to(device, dtype).contiguous(memory_format=torch.channels_last))
+        self.register_buffer("bias", bias.to(device, dtype))
+        self._layouts: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def _layout(self, shape: tuple[int, ...]) -> torch.Tensor:
+        if shape not in self._layouts:
+            if len(self._layouts) >= self.CACHED_SHAPES:
+                self._layouts.pop(next(iter(self._layouts)))
+            self._layouts[shape] = torch.ops.mkldnn._reorder_convolution_weight(
+                self.weight, self.padding, self.stride, self.dilation, self.groups, list(shape))
+        return self._layouts[shape]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed:
+            attr, scalars = ("none", []) if self.relu is None else (
+                ("relu", []) if self.relu == 0 else ("leaky_relu", [self.relu]))
+            return torch.ops.mkldnn._convolution_pointwise(x, self._layout(tuple(x.shape)), self.bias, self.padding,
+                                                           self.stride, self.dilation, self.groups, attr, scalars, "")
+        y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        if self.relu is not None:
+            y = F.relu(y) if self.relu == 0 else F.leaky_relu(y, self.relu)
+        return y
+
+    def extra_repr(self) -> str:
+        relu = "" if self.relu is None else (", relu" if self.relu == 0 else f", leaky_relu({self.relu})")
+        return (f"stride={tuple(self.stride)}, padding={tuple(self.padding)}, dilation={tuple(self.dilation)}, "
+                f"groups={self.groups}{relu}{', oneDNN prepacked' if self.packed else ''}")
+
+
+def _only_user(node: fx.Node) -> fx.Node | None:
+    users = list(node.users)
+    return users[0] if len(users) == 1 and users[0].op == "call_module" and users[0].args == (node,) else None
+
+
+def _fold(gm: fx.GraphModule, conv_node: fx.Node) -> tuple[torch.Tensor, torch.Tensor, float | None, list[fx.Node]]:
+    """Weights and bias of ``conv_node`` with the affines after it folded in, the ReLU slope (or None), and the
+    nodes the fused convolution replaces (the convolution first, the one whose value it gives last)."""
+    conv = gm.get_submodule(conv_node.target)
+    weight = conv.weight.detach().double()
+    bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros(weight.shape[0], dtype=torch.float64)
+    chain, relu = [conv_node], None
+    while (user := _only_user(chain[-1])) is not None:
+        module = gm.get_submodule(user.target)
+        affine = getattr(module, "channel_affine", lambda: None)()
+        if affine is not None and affine[0].numel() == weight.shape[0]:
+            a, b = (t.detach().double().flatten() for t in affine)
+            weight, bias = weight * a.reshape(-1, 1, 1, 1), bias * a + b
+            chain.append(user)
+            continue
+        if isinstance(module, ReLU):
+            relu = float(module.negative_slope)
+            chain.append(user)
+        break
+    return weight, bias, relu, chain
+
+
+def optimize(gm: fx.GraphModule, *, precision: str = "fp32", device: str | torch.device = "cpu") -> fx.GraphModule:
+    """The fast form of a faithful protoseg graph ``gm`` (left unchanged; unchanged layers are shared)."""
+    if precision not in PRECISIONS:
+        raise ProtosegError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    dtype, device = PRECISIONS[precision], torch.device(device)
+    graph, root = fx.Graph(), nn.Module()
+    env: dict[fx.Node, fx.Node] = {}
+    replaced: set[fx.Node] = set()
+    for node in gm.graph.nodes:
+        if node in replaced:
+            continue
+        if node.op == "placeholder":
+            new = graph.placeholder(node.target)
+            new.meta.update(node.meta)
+            env[node] = graph.call_function(_enter, (new, dtype))
+            continue
+        if node.op == "output":
+            graph.output(fx.node.map_arg(node.args[0], lambda n: graph.call_function(_leave, (env[n],))))
+            continue
+        module = gm.get_submodule(node.target) if node.op == "call_module" else None
+        if isinstance(module, Conv2d) and not isinstance(module, ConvTranspose2d) and module.weight.dim() == 4:
+            weight, bias, relu, chain = _fold(gm, node)
+            name = chain[-1].target if len(chain) > 1 else node.target
+            root.add_module(name.replace(".", "_"), FusedConv(weight, bias, module, relu, dtype, device))
+            new = graph.call_module(name.replace(".", "_"), (env[node.args[0]],))
+            new.meta.update(chain[-1].meta, fused=[n.meta.get("caffe_layer") for n in chain])
+            replaced.update(chain)
+            env[chain[-1]] = new
+            continue
+        if module is not None and node.target not in dict(root.named_children()):
+            root.add_module(node.target, _cast(module, dtype, device))
+        new = graph.node_copy(node, lambda n: env[n])
+        env[node] = new
+    graph.lint()
+    fast = fx.GraphModule(root, graph, class_name=f"{type(gm).__name__}Fast")
+    fast.meta.update(precision=precision)
+    return fast.eval()
+
+
+def _cast(module: nn.Module, dtype: torch.dtype, device: torch.device) -> nn.Module:
+    """``module`` on ``device`` in ``dtype``: shared when nothing changes, else a copy (the faithful graph keeps
+    its float32 weights)."""
+    tensors = list(module.parameters()) + list(module.buffers())
+    if all(t.dtype == dtype and t.device == device for t in tensors):
+        return module
+    import copy
+
+    return copy.deepcopy(module).to(device, dtype)
+
+
+@torch.fx.wrap
+def _enter(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Graph inputs in the working precision, images in channels_last."""
+    x = x.to(dtype)
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
+@torch.fx.wrap
+def _leave(x):
+    """Graph outputs as float32, whatever the working precision (the layout may stay channels_last: the same
+    N x C x H x W tensor to every reader, without a copy)."""
+    if isinstance(x, torch.Tensor) and x.is_floating_point():
+        return x.float()
+    return x
+
