@@ -101,7 +101,7 @@ def huge_shape(f: h5py.File, rng: random.Random) -> None:
 def wrong_dtype(f: h5py.File, rng: random.Random) -> None:
     """A blob of integers, strings, a compound, an enum, references, half floats, big-endian, or empty."""
     path = rng.choice(_datasets(f))
-    a = np.asarray(f[path][()]) if isinstance(f.get(path), h5py.Dataset) else np.zeros(3, "<f4")
+    shape = f[path].shape
     del f[path]
     dtype = rng.choice(DTYPES + ["empty", "scalar"])
     if dtype == "empty":
@@ -109,7 +109,7 @@ def wrong_dtype(f: h5py.File, rng: random.Random) -> None:
     elif dtype == "scalar":
         f.create_dataset(path, data=np.float32(1))
     else:
-        f.create_dataset(path, shape=a.shape, dtype=dtype)  # zeros of the wrong kind, the right shape
+        f.create_dataset(path, shape=shape, dtype=dtype)  # zeros of the wrong kind, the right shape
 
 
 def odd_names(f: h5py.File, rng: random.Random) -> None:
@@ -137,8 +137,8 @@ EDITS = [soft_link_loop, hard_link_cycle, external_link, huge_shape, wrong_dtype
 
 
 def mutate(blobs: Blobs, rng: random.Random, others: Sequence[bytes]) -> tuple[bytes, list[str]]:
-    """One hostile edit (or none: a plain file with a user block, or compressed), then byte mutations: always
-    after no edit, sometimes after one."""
+    """One hostile edit (or none: the plain file, sometimes behind a 512-byte user block), then byte mutations:
+    always after no edit, sometimes after one."""
     edit = rng.choice(EDITS + [None])
     options = {"userblock_size": 512} if edit is None and rng.random() < 0.3 else {}
     data, done = write(blobs, edit, rng, **options)

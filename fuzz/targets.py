@@ -54,17 +54,22 @@ def weights(path: Path, prototxt: Path, defines: Mapping[str, str]) -> str:
 
 
 def _run(net: Net, gm: fx.GraphModule) -> str:
+    for blob, shape in net.inputs.items():
+        _no_negative_size("Input", f"input {blob!r}", shape)
     for layer in net.layers:
         for top, shape in zip(layer.tops, layer.shapes):
-            if any(d < 0 for d in shape):
-                raise ShapeMismatch(layer.type, f"layer {layer.name!r} ({layer.type}): the IR inferred the "
-                                                f"shape {shape} for top {top!r}")
+            _no_negative_size(layer.type, f"layer {layer.name!r} ({layer.type}): top {top!r}", shape)
     shapes = list(net.inputs.values()) + [s for layer in net.layers for s in layer.shapes]
     if net.num_params + sum(math.prod(s) for s in shapes) > BUDGET:
         return "ok-too-big"
     with torch.inference_mode():
         _ShapeCheck(gm, net).run(*(torch.zeros(s) for s in net.inputs.values()))
     return "ok"
+
+
+def _no_negative_size(layer_type: str, what: str, shape: tuple[int, ...]) -> None:
+    if any(d < 0 for d in shape):
+        raise ShapeMismatch(layer_type, f"{what}: the IR inferred the shape {shape}")
 
 
 class _ShapeCheck(fx.Interpreter):

@@ -76,9 +76,9 @@ def main(argv: list[str] | None = None) -> None:
             for path in created:
                 os.remove(path)
             outcome = {"class": "wrote-outside", "type": "", "message": f"created {', '.join(created)}", "frame": ""}
-        # A hang or a failed allocation may leave state behind, and a worker that grew past half its limit
-        # could fail the next input for want of room: the harness starts a fresh one.
-        outcome["recycle"] = outcome["class"] in ("hang", "memory") or _address_space() > args.memory // 2
+        # An interrupted input may leave state behind, and a worker that grew past half its limit could fail
+        # the next input for want of room: the harness starts a fresh one.
+        outcome["recycle"] = outcome["class"] == "hang" or _address_space() > args.memory // 2
         answers.write(json.dumps(outcome) + "\n")
 
 
