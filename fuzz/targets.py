@@ -1,5 +1,4 @@
-"""The only module that calls protoseg. Its internal API is being refactored: when it changes, update this
-file alone.
+"""The only module that calls protoseg: when protoseg's API changes, update this file alone.
 
 Each target returns "ok", or "ok-too-big" when the net is fine but too big to run under the worker's memory
 limit, and raises whatever protoseg raises.
@@ -17,9 +16,9 @@ from torch import fx
 import protoseg
 from protoseg.errors import ProtosegError
 from protoseg.graph import to_graph
-from protoseg.io.upgrade import load_net
 from protoseg.io.weights import read_weights
-from protoseg.ir import Net, build_net
+from protoseg.ir import Net
+from protoseg.loader import open_net
 
 PACKAGE = Path(protoseg.__file__).resolve().parent
 USER_ERROR = ProtosegError
@@ -39,8 +38,8 @@ class ShapeMismatch(Exception):
 
 
 def prototxt(path: Path, defines: Mapping[str, str]) -> str:
-    """Parse, upgrade and build the IR; build the graph with zero weights and run it on zeros."""
-    net = build_net(load_net(path, defines))
+    """Parse, detect the fork, upgrade and build the IR; build the graph with zero weights and run it on zeros."""
+    net = open_net(path, defines=defines).net
     if net.num_params > BUDGET:
         return "ok-too-big"
     return _run(net, to_graph(net))
@@ -49,8 +48,8 @@ def prototxt(path: Path, defines: Mapping[str, str]) -> str:
 def weights(path: Path, prototxt: Path, defines: Mapping[str, str]) -> str:
     """Read the weights alone, then load them into their own net and run it on zeros."""
     read_weights(path)
-    net = build_net(load_net(prototxt, defines))
-    return _run(net, protoseg.load(prototxt, path, defines=defines))
+    opened = open_net(prototxt, path, defines=defines)
+    return _run(opened.net, opened.graph())
 
 
 def _run(net: Net, gm: fx.GraphModule) -> str:

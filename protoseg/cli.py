@@ -140,21 +140,24 @@ def verify(prototxt: Path, weights: Path | None, reference: Path, defines, fork:
 @click.option("--output-blob", "outputs", multiple=True, metavar="BLOB",
               help="Make BLOB an output (repeatable); default: the blobs nothing consumes.")
 @fork_option
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="pt2/onnx: weights stored and the forward run in this precision (inputs and outputs stay float32).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
-def convert(prototxt: Path, weights: Path, output: Path | None, fmt: str, defines, inputs, outputs, fork,
+def convert(prototxt: Path, weights: Path, output: Path | None, fmt: str, defines, inputs, outputs, fork, precision,
             force) -> None:
     """Convert PROTOTXT + WEIGHTS into a model that loads in plain PyTorch."""
     from protoseg.export import export, default_output
 
     output = output or default_output(prototxt, fmt)
     written = export(prototxt, weights, output, fmt=fmt, defines=defines, input_shapes=inputs,
-                     outputs=list(outputs) or None, overwrite=force, fork=fork)
+                     outputs=list(outputs) or None, overwrite=force, fork=fork, precision=precision)
     for path in written:
         click.echo(f"wrote {path}")
 
 
 def _segmenter(spec: Sequence[str], weights: Path | None, *, defines, mean: str | None, crf: str | None,
-               device: str, samples: int = 1, seed: int = 0, fork: str | None = None) -> tuple[object, list[str]]:
+               device: str, samples: int = 1, seed: int = 0, fork: str | None = None,
+               precision: str = "fp32") -> tuple[object, list[str]]:
     """Open ``MODEL | NET.prototxt WEIGHTS`` from the head of ``spec``; returns it and the rest of ``spec``."""
     from protoseg import zoo
     from protoseg.run.predict import Segmenter
@@ -164,7 +167,7 @@ def _segmenter(spec: Sequence[str], weights: Path | None, *, defines, mean: str 
         raise ProtosegError("give a model: a converted .pt2 file, NET.prototxt WEIGHTS, or a zoo name with --weights")
     first, rest = spec[0], list(spec[1:])
     means = parse_mean(mean) if mean is not None else None
-    common = dict(crf=crf, device=device, samples=samples, seed=seed)
+    common = dict(crf=crf, device=device, samples=samples, seed=seed, precision=precision)
     if first.lower().endswith(".pt2"):
         if weights is not None:
             raise ProtosegError(f"{first}: a .pt2 file holds its own weights; drop --weights")
@@ -197,6 +200,9 @@ model_options = [
     click.option("--samples", type=click.IntRange(min=1), default=1, show_default=True,
                  help="Forward passes per image; labels from their mean, and an uncertainty map (Bayesian SegNet)."),
     click.option("--seed", type=int, default=0, show_default=True, help="Seeds the sampling of --samples."),
+    click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+                 help="Arithmetic of the forward pass: fp32 as Caffe; bf16 uses AVX512-BF16/AMX where the CPU has "
+                 "them; fp16/bf16 on CUDA."),
     fork_option,
 ]
 
@@ -217,7 +223,7 @@ def _with_model_options(fn):
 @click.option("--save-scores", is_flag=True, help="Also write each image's C x H x W scores as NAME_scores.npy.")
 @click.option("--force", is_flag=True, help="Overwrite existing result files.")
 def run(args, out_dir: Path, weights, defines, mean, batch_size: int, crf, device: str, samples: int, seed: int,
-        fork: str | None, palette: str, save_scores: bool, force: bool) -> None:
+        precision: str, fork: str | None, palette: str, save_scores: bool, force: bool) -> None:
     """Segment images: NAME.png (palette labels), NAME_overlay.jpg, and optionally scores, CRF labels and (with
     --samples) an uncertainty map.
 
@@ -227,7 +233,7 @@ def run(args, out_dir: Path, weights, defines, mean, batch_size: int, crf, devic
     from protoseg.run.predict import check_free, collect_images, planned_outputs, write_prediction
 
     seg, rest = _segmenter(args, weights, defines=defines, mean=mean, crf=crf, device=device, samples=samples,
-                           seed=seed, fork=fork)
+                           seed=seed, fork=fork, precision=precision)
     if not rest:
         raise ProtosegError("give at least one image file or folder after the model")
     images = collect_images(rest)
@@ -252,14 +258,14 @@ def run(args, out_dir: Path, weights, defines, mean, batch_size: int, crf, devic
 @_with_model_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (with the confusion matrix).")
 def eval_(args, dataset: Path, split: str, limit: int | None, weights, defines, mean, batch_size: int, crf,
-          device: str, samples: int, seed: int, fork: str | None, as_json: bool) -> None:
+          device: str, samples: int, seed: int, precision: str, fork: str | None, as_json: bool) -> None:
     """Mean IoU, per-class IoU and pixel accuracy on a VOC-layout dataset (the devkit's definitions)."""
     from protoseg import zoo
     from protoseg.run.metrics import voc_pairs
     from protoseg.run.predict import evaluate
 
     seg, rest = _segmenter(args, weights, defines=defines, mean=mean, crf=crf, device=device, samples=samples,
-                           seed=seed, fork=fork)
+                           seed=seed, fork=fork, precision=precision)
     if rest:
         raise ProtosegError(f"unexpected argument(s) {' '.join(rest)}; eval takes a model and --dataset")
     pairs = voc_pairs(dataset, split)[:limit]

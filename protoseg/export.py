@@ -27,6 +27,7 @@ from protoseg.errors import FormatError, ProtosegError, quote
 from protoseg.io.atomic import write_file
 from protoseg.ir import Net
 from protoseg.loader import open_net
+from protoseg.optimize import is_image
 
 SUFFIX = {"pt2": ".pt2", "py": ".py", "onnx": ".onnx"}
 
@@ -37,10 +38,16 @@ def default_output(prototxt: Path, fmt: str) -> Path:
 
 def export(prototxt, weights, output: Path, *, fmt: str = "pt2", defines: Mapping[str, str] | None = None,
            input_shapes: Mapping[str, Sequence[int]] | None = None, outputs: Sequence[str] | None = None,
-           overwrite: bool = False, fork: str | None = None) -> list[Path]:
-    """Convert and write; returns the paths written. Refuses to overwrite unless ``overwrite``."""
+           overwrite: bool = False, fork: str | None = None, precision: str = "fp32") -> list[Path]:
+    """Convert and write; returns the paths written. Refuses to overwrite unless ``overwrite``.
+
+    ``precision`` other than fp32 stores the weights and runs the program in it (pt2, onnx); inputs and outputs
+    stay float32, and the layers keep their names, so protoseg reads such a ``.pt2`` back too.
+    """
     if fmt not in SUFFIX:
         raise ProtosegError(f"unknown format {fmt!r}; use one of {', '.join(SUFFIX)}")
+    if precision != "fp32" and fmt == "py":
+        raise ProtosegError("--format py writes float32 source; --precision applies to pt2 and onnx")
     output = Path(output)
     if fmt == "py":
         module_name(output)
@@ -50,11 +57,15 @@ def export(prototxt, weights, output: Path, *, fmt: str = "pt2", defines: Mappin
         raise FormatError(f"{existing[0]} exists; pass --force to overwrite it or choose another -o")
     opened = open_net(prototxt, weights, defines=defines, input_shapes=input_shapes, outputs=outputs, fork=fork)
     gm = opened.graph()
+    if precision != "fp32":
+        from protoseg.optimize import optimize
+
+        gm = optimize(gm, precision=precision, fuse=False)
     if fmt == "pt2":
         from protoseg import pt2
 
         extra = {pt2.RECORD_NAME: pt2.record(opened.net, opened.netparam, gm.meta["owners"],
-                                             _preprocess_record(opened, prototxt))}
+                                             _preprocess_record(opened, prototxt), precision)}
         program = export_program(gm, opened.net)
         write_file(output, lambda tmp: torch.export.save(program, tmp, extra_files=extra))
     elif fmt == "py":
@@ -95,7 +106,7 @@ def example_inputs(net: Net) -> tuple[torch.Tensor, ...]:
 def dynamic_shapes(net: Net) -> tuple[dict[int, object] | None, ...]:
     """Height and width of every image-like (4-D, larger than 1 x 1) input are dynamic."""
     auto = torch.export.Dim.AUTO
-    return tuple({2: auto, 3: auto} if len(s) == 4 and s[2] * s[3] > 2 else None for s in net.inputs.values())
+    return tuple({2: auto, 3: auto} if is_image(s) else None for s in net.inputs.values())
 
 
 def export_program(gm: fx.GraphModule, net: Net) -> torch.export.ExportedProgram:

@@ -38,7 +38,8 @@ def to_graph(net: Net, blobs: Mapping[str, Sequence[np.ndarray]] | None = None) 
     attrs: set[str] = set()  # submodule names: attributes of the GraphModule
     for ssa in net.inputs:
         node = graph.placeholder(identifier(ssa, names))
-        node.meta.update(blob=ssa, caffe_blob=net.caffe_name.get(ssa, ssa), caffe_layer=None, caffe_type="Input")
+        node.meta.update(blob=ssa, caffe_blob=net.caffe_name.get(ssa, ssa), caffe_layer=None, caffe_type="Input",
+                         shape=net.inputs[ssa])
         env[ssa] = node
 
     params: dict[tuple[str, int], nn.Parameter] = {}

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from protoseg import forks
+from protoseg.errors import ProtosegError
 from protoseg.io.prototxt import read_prototxt
 from protoseg.io.upgrade import filter_net, upgrade_net
 from protoseg.io.weights import WeightsFile, open_weights
@@ -33,14 +34,26 @@ class OpenNet:
     weights: WeightsFile | None = None
     report: WeightReport | None = None
 
-    def graph(self):
-        """The GraphModule with the weights loaded; raises WeightMismatchError when they do not fit."""
+    def graph(self, *, fast: bool = False, precision: str = "fp32", device: str = "cpu"):
+        """The GraphModule with the weights loaded; raises WeightMismatchError when they do not fit.
+
+        By default the faithful graph (one node per Caffe layer, every blob observable, float32); with ``fast``
+        its fast form in ``precision`` on ``device`` (:func:`protoseg.optimize.optimize`).
+        """
         from protoseg.graph import to_graph
 
         if self.report is None:
-            return to_graph(self.net)
-        self.report.raise_if_bad(str(self.weights.path))
-        return to_graph(self.net, self.report.blobs)
+            gm = to_graph(self.net)
+        else:
+            self.report.raise_if_bad(str(self.weights.path))
+            gm = to_graph(self.net, self.report.blobs)
+        if not fast:
+            if precision != "fp32":
+                raise ProtosegError(f"precision {precision!r} needs the fast graph: pass fast=True")
+            return gm
+        from protoseg.optimize import optimize
+
+        return optimize(gm, precision=precision, device=device)
 
 
 def blob_counts(fork: str, type_name: str) -> tuple[int, ...]:
@@ -90,10 +103,15 @@ def load(
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     outputs: Sequence[str] | None = None,
     fork: str | None = None,
+    fast: bool = False,
+    precision: str = "fp32",
+    device: str = "cpu",
 ):
-    """The converted net as a ``torch.fx.GraphModule`` in eval mode, weights loaded.
+    """The converted net as a ``torch.fx.GraphModule`` in eval mode, weights loaded: the faithful graph (reads
+    like the prototxt, every blob observable), or with ``fast`` the fast form in ``precision``
+    (``fp32``, ``bf16``, ``fp16``) on ``device``.
 
     Raises :class:`~protoseg.errors.WeightMismatchError` when the caffemodel does not fit the prototxt.
     """
     return open_net(prototxt, weights, defines=defines, input_shapes=input_shapes, outputs=outputs,
-                    fork=fork).graph()
+                    fork=fork).graph(fast=fast, precision=precision, device=device)

@@ -110,8 +110,13 @@ def _fold(gm: fx.GraphModule, conv_node: fx.Node) -> tuple[torch.Tensor, torch.T
     return weight, bias, relu, chain
 
 
-def optimize(gm: fx.GraphModule, *, precision: str = "fp32", device: str | torch.device = "cpu") -> fx.GraphModule:
-    """The fast form of a faithful protoseg graph ``gm`` (left unchanged; unchanged layers are shared)."""
+def optimize(gm: fx.GraphModule, *, precision: str = "fp32", device: str | torch.device = "cpu",
+             fuse: bool = True) -> fx.GraphModule:
+    """The fast form of a faithful protoseg graph ``gm`` (left unchanged; unchanged layers are shared).
+
+    With ``fuse=False`` only the precision and layout change: the layers and their parameter names stay the
+    faithful graph's, and nothing device-specific is used (what ``convert --precision`` exports).
+    """
     if precision not in PRECISIONS:
         raise ProtosegError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     dtype, device = PRECISIONS[precision], torch.device(device)
@@ -124,13 +129,13 @@ def optimize(gm: fx.GraphModule, *, precision: str = "fp32", device: str | torch
         if node.op == "placeholder":
             new = graph.placeholder(node.target)
             new.meta.update(node.meta)
-            env[node] = graph.call_function(_enter, (new, dtype))
+            env[node] = graph.call_function(_enter, (new, dtype)) if is_image(node.meta.get("shape")) else new
             continue
         if node.op == "output":
             graph.output(fx.node.map_arg(node.args[0], lambda n: graph.call_function(_leave, (env[n],))))
             continue
         module = gm.get_submodule(node.target) if node.op == "call_module" else None
-        if isinstance(module, Conv2d) and not isinstance(module, ConvTranspose2d) and module.weight.dim() == 4:
+        if fuse and isinstance(module, Conv2d) and not isinstance(module, ConvTranspose2d) and module.weight.dim() == 4:
             weight, bias, relu, chain = _fold(gm, node)
             name = chain[-1].target if len(chain) > 1 else node.target
             root.add_module(name.replace(".", "_"), FusedConv(weight, bias, module, relu, dtype, device))
@@ -145,7 +150,7 @@ def optimize(gm: fx.GraphModule, *, precision: str = "fp32", device: str | torch
         env[node] = new
     graph.lint()
     fast = fx.GraphModule(root, graph, class_name=f"{type(gm).__name__}Fast")
-    fast.meta.update(precision=precision)
+    fast.meta.update(gm.meta, precision=precision, fused=fuse)
     return fast.eval()
 
 
@@ -160,11 +165,16 @@ def _cast(module: nn.Module, dtype: torch.dtype, device: torch.device) -> nn.Mod
     return copy.deepcopy(module).to(device, dtype)
 
 
+def is_image(shape) -> bool:
+    """Whether an input of this declared shape is an image batch (N x C x H x W, more than 1 x 2): images go in
+    the working precision and layout; small side inputs (DeepLab's ``data_dim`` sizes) stay exact."""
+    return shape is not None and len(shape) == 4 and shape[2] * shape[3] > 2
+
+
 @torch.fx.wrap
 def _enter(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Graph inputs in the working precision, images in channels_last."""
-    x = x.to(dtype)
-    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+    """An image input in the working precision and in channels_last."""
+    return x.to(dtype).contiguous(memory_format=torch.channels_last)
 
 
 @torch.fx.wrap

@@ -35,17 +35,20 @@ RECORD_NAME = "protoseg.json"
 #: Largest record read (the ResNet-101 MSC prototxt is about 0.5 MB).
 MAX_RECORD = 64 * 2**20
 MAX_MEMBERS = 100_000
-_FLOAT32 = 7  # torch.export's serialized ScalarType for float32
+#: torch.export's serialized ScalarType codes of the float types a converted net may be stored in.
+_DTYPES = {7: "<f4", 6: "<f2", 13: "bfloat16"}
 
 
 @dataclass
 class Pt2Model:
     net: Any  # protoseg.ir.Net
-    graph: Any  # torch.fx.GraphModule
+    graph: Any  # torch.fx.GraphModule (the faithful float32 graph)
     preprocess: dict | None  # mean, scale, pad_to, bgr as recorded at conversion (None if unknown then)
+    precision: str = "fp32"  # what the net was converted to run in
 
 
-def record(net, netparam, owners: dict[str, tuple[str, int]], preprocess: dict | None) -> str:
+def record(net, netparam, owners: dict[str, tuple[str, int]], preprocess: dict | None,
+           precision: str = "fp32") -> str:
     """The ``protoseg.json`` text for a converted net."""
     from protoseg.io.prototxt import format_net
 
@@ -57,6 +60,7 @@ def record(net, netparam, owners: dict[str, tuple[str, int]], preprocess: dict |
         "outputs": [net.caffe_name.get(o, o) for o in net.outputs],
         "params": {fqn: [layer, index] for fqn, (layer, index) in owners.items()},
         "preprocess": preprocess,
+        "precision": precision,
     })
 
 
@@ -109,7 +113,10 @@ def read(path: str | os.PathLike) -> Pt2Model:
                 blobs.setdefault(layer.name, [None] * len(layer.blob_shapes))[i] = \
                     arrays[owner].reshape(layer.blob_shapes[i])
     preprocess = rec.get("preprocess")
-    return Pt2Model(net, to_graph(net, blobs), preprocess if isinstance(preprocess, dict) else None)
+    precision = rec.get("precision", "fp32")
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise FormatError(f"{path}: recorded precision {quote(precision)} is none of fp32, bf16, fp16")
+    return Pt2Model(net, to_graph(net, blobs), preprocess if isinstance(preprocess, dict) else None, precision)
 
 
 def _json(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo | None) -> dict:
@@ -141,29 +148,38 @@ def _weights(path: Path, f, zf: zipfile.ZipFile, names: dict[str, zipfile.ZipInf
             raise FormatError(f"{path}: parameter {quote(fqn)} is not in the archive's weights config")
         tensor = meta.get("tensor_meta") or {}
         sizes = [d.get("as_int") if isinstance(d, dict) else None for d in tensor.get("sizes", [])]
-        if (meta.get("use_pickle") is not False or tensor.get("dtype") != _FLOAT32
+        if (meta.get("use_pickle") is not False or tensor.get("dtype") not in _DTYPES
                 or not all(isinstance(d, int) and 0 <= d < 2**31 for d in sizes)):
-            raise FormatError(f"{path}: parameter {quote(fqn)} is not stored as plain float32 data; protoseg never "
+            raise FormatError(f"{path}: parameter {quote(fqn)} is not stored as plain float data; protoseg never "
                               "unpickles")
         member = names.get(f"{root}/data/weights/{meta.get('path_name')}")
         if member is None:
             raise FormatError(f"{path}: the payload of parameter {quote(fqn)} is missing")
         count = int(np.prod(sizes, dtype=np.int64)) if sizes else 1
-        out[(str(owner[0]), int(owner[1]))] = _payload(path, mapped, zf, member, count)
+        out[(str(owner[0]), int(owner[1]))] = _payload(path, mapped, zf, member, count, _DTYPES[tensor["dtype"]])
     return out
 
 
-def _payload(path: Path, mapped: mmap.mmap, zf: zipfile.ZipFile, info: zipfile.ZipInfo, count: int) -> np.ndarray:
-    if count * 4 > info.file_size:
+def _payload(path: Path, mapped: mmap.mmap, zf: zipfile.ZipFile, info: zipfile.ZipInfo, count: int,
+             dtype: str) -> np.ndarray:
+    """``count`` values of ``dtype`` from a weight member, as float32 (bfloat16 widened bit by bit)."""
+    size = 4 if dtype == "<f4" else 2
+    if count * size > info.file_size:
         raise FormatError(f"{path}: {quote(info.filename)} holds {info.file_size:,} bytes, fewer than its "
-                          f"{count:,} float32 values need")
+                          f"{count:,} values need")
     if info.compress_type != zipfile.ZIP_STORED:
-        return np.frombuffer(zf.read(info), "<f4", count).copy()
+        return _as_float32(np.frombuffer(zf.read(info), "<u2" if dtype == "bfloat16" else dtype, count), dtype)
     header = mapped[info.header_offset : info.header_offset + 30]
     if len(header) != 30 or header[:4] != b"PK\x03\x04":
         raise FormatError(f"{path}: bad local header for {quote(info.filename)}")
     name_len, extra_len = struct.unpack("<HH", header[26:30])
     start = info.header_offset + 30 + name_len + extra_len
-    if start + count * 4 > len(mapped):
+    if start + count * size > len(mapped):
         raise FormatError(f"{path}: {quote(info.filename)} runs past the end of the file")
-    return np.frombuffer(mapped, "<f4", count, start)
+    return _as_float32(np.frombuffer(mapped, "<u2" if dtype == "bfloat16" else dtype, count, start), dtype)
+
+
+def _as_float32(values: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype == "bfloat16":  # the upper half of a float32
+        return (values.astype("<u4") << 16).view("<f4")
+    return values if dtype == "<f4" else values.astype(np.float32)

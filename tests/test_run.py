@@ -154,7 +154,8 @@ def test_segmenter_scores_equal_the_graph(demo_segmenter: Segmenter) -> None:
             expected = gm(torch.from_numpy(blob[None]))[0].numpy()
         assert pred.name == path.stem
         assert pred.scores.shape == (4,) + img.shape[:2]
-        assert np.array_equal(pred.scores, expected)
+        # run uses the fast graph: the same arithmetic in another summation order (oneDNN's kernels)
+        np.testing.assert_allclose(pred.scores, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
         assert np.array_equal(pred.labels, expected.argmax(0))
 
 

@@ -60,13 +60,21 @@ class Segmenter:
         name: str = "model",
         samples: int = 1,
         seed: int = 0,
+        precision: str = "fp32",
+        fast: bool = True,
     ) -> None:
         self.device = torch.device(device)
-        self.module = module.to(self.device)
-        try:
-            self.module.eval()
-        except NotImplementedError:  # a torch.export module: already fixed in inference mode
-            pass
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # one input size per batch: let cuDNN pick its kernels once
+        fast = fast and isinstance(module, torch.fx.GraphModule) and "owners" in module.meta  # a protoseg graph
+        if precision != "fp32" and not fast:
+            raise ProtosegError(f"--precision {precision} runs the fast form of a protoseg graph only")
+        if fast:  # the faithful graph is for inspecting; predictions run its fast form (same outputs in fp32)
+            from protoseg.optimize import optimize
+
+            module = optimize(module, precision=precision, device=self.device)
+        self.precision = precision
+        self.module = module.to(self.device).eval()
         self.preprocess = preprocess
         self.output = output
         self.input_names = list(input_names)
@@ -157,6 +165,8 @@ class Segmenter:
             raise FormatError(f"{path}: its recorded preprocessing is malformed ({e})") from None
         net = model.net
         inputs = [net.caffe_name.get(i, i) for i in net.inputs]
+        if kwargs.get("precision", "fp32") == "fp32":  # unless asked otherwise, run as it was converted
+            kwargs["precision"] = model.precision
         return cls(model.graph, pre, input_names=inputs, name=path.name, **kwargs)
 
     # ----------------------------------------------------------------------------------------- prediction

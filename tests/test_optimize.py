@@ -1,0 +1,108 @@
+"""The fast graph: same outputs as the faithful one in fp32 (the fixtures check it against Caffe too, in
+tests/test_fixtures.py), labels within 0.5 % in bf16 on real photos, and the faithful graph left alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from protoseg.cli import main
+from protoseg.errors import ProtosegError
+from protoseg.io.prototxt import parse_prototxt
+from protoseg.io.upgrade import upgrade_net
+from protoseg.ir import build_net
+from protoseg.graph import to_graph
+from protoseg.loader import load
+from protoseg.optimize import FusedConv, optimize
+from protoseg.run.demo import DEMO_DIR
+from protoseg.run.predict import Segmenter
+from tests.conftest import IMAGES, need
+
+PROTOTXT, WEIGHTS = DEMO_DIR / "demo.prototxt", DEMO_DIR / "demo.caffemodel"
+#: Agreement of bf16 labels with fp32 labels that the issue asks for, on real photographs.
+BF16_AGREEMENT = 0.995
+
+CHAIN = """input: "data" input_shape { dim: 1 dim: 3 dim: 9 dim: 9 }
+layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param { num_output: 4 kernel_size: 3 } }
+layer { name: "bn" type: "BatchNorm" bottom: "c" top: "c" }
+layer { name: "sc" type: "Scale" bottom: "c" top: "c" scale_param { bias_term: true } }
+layer { name: "r" type: "ReLU" bottom: "c" top: "c" relu_param { negative_slope: 0.1 } }
+layer { name: "p" type: "Pooling" bottom: "c" top: "p" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+"""
+
+
+def _chain():
+    net = build_net(upgrade_net(parse_prototxt(CHAIN)))
+    rng = np.random.default_rng(0)
+    blobs = {layer.name: [rng.standard_normal(s).astype(np.float32) for s in layer.blob_shapes]
+             for layer in net.layers if layer.blob_shapes}
+    blobs["bn"][1] = np.abs(blobs["bn"][1]) + 0.5  # a variance
+    blobs["bn"][2] = np.array([2.0], np.float32)  # Caffe's scale factor
+    return to_graph(net, blobs)
+
+
+def test_affines_and_relu_fold_into_the_convolution() -> None:
+    gm = _chain()
+    before = {k: v.clone() for k, v in gm.state_dict().items()}
+    fast = optimize(gm)
+    fused = [m for m in fast.modules() if isinstance(m, FusedConv)]
+    assert len(fused) == 1 and fused[0].relu == pytest.approx(0.1)
+    assert not any(name in dict(fast.named_children()) for name in ("bn", "sc"))
+    for size in (9, 12, 9):  # another size, then the first again: the weight layouts are cached per shape
+        x = torch.randn(1, 3, size, size)
+        with torch.no_grad():
+            torch.testing.assert_close(fast(x), gm(x), rtol=1e-5, atol=1e-5)
+    assert all(torch.equal(v, before[k]) for k, v in gm.state_dict().items())  # the faithful graph is untouched
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_low_precision_gives_float32_outputs(precision: str) -> None:
+    gm = _chain()
+    x = torch.randn(1, 3, 9, 9)
+    with torch.no_grad():
+        out, ref = optimize(gm, precision=precision)(x), gm(x)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, rtol=0.05, atol=0.05)
+
+
+def test_unknown_precision_is_refused() -> None:
+    with pytest.raises(ProtosegError, match="precision 'int8'"):
+        optimize(_chain(), precision="int8")
+
+
+def test_bf16_labels_agree_on_real_photographs() -> None:
+    photos = sorted(need(IMAGES).glob("*.jpg"))
+    fp32 = Segmenter.from_caffe(PROTOTXT, WEIGHTS)
+    bf16 = Segmenter.from_caffe(PROTOTXT, WEIGHTS, precision="bf16")
+    same = total = 0
+    for a, b in zip(fp32.predict(photos), bf16.predict(photos)):
+        same += int((a.labels == b.labels).sum())
+        total += a.labels.size
+    assert same / total >= BF16_AGREEMENT, same / total
+
+
+def test_load_fast(tmp_path) -> None:
+    faithful, fast = load(PROTOTXT, WEIGHTS), load(PROTOTXT, WEIGHTS, fast=True, precision="bf16")
+    assert fast.meta["precision"] == "bf16"
+    with pytest.raises(ProtosegError, match="needs the fast graph"):
+        load(PROTOTXT, WEIGHTS, precision="bf16")
+    x = torch.randn(1, 3, 40, 40)
+    with torch.no_grad():
+        assert (fast(x).argmax(1) == faithful(x).argmax(1)).float().mean() > 0.9
+
+
+def test_convert_in_bf16_runs_back_in_bf16(tmp_path) -> None:
+    pt2 = tmp_path / "demo_bf16.pt2"
+    assert main(["convert", str(PROTOTXT), str(WEIGHTS), "-o", str(pt2), "--precision", "bf16"]) == 0
+    program = torch.export.load(str(pt2)).module()  # plain PyTorch (our own file: trusted)
+    image = next((DEMO_DIR / "images").glob("*.png"))
+    seg = Segmenter.from_pt2(pt2)
+    assert seg.precision == "bf16"
+    pred = seg.predict_arrays([np.asarray(Image.open(image).convert("RGB"))])[0]
+    blob, _ = seg.preprocess.blob(pred.image)
+    with torch.no_grad():
+        plain = program(torch.from_numpy(blob[None]))
+    assert plain.dtype == torch.float32
+    assert (plain[0].argmax(0).numpy() == pred.labels).mean() > 0.99
