@@ -188,8 +188,12 @@ def engines(prototxt: Path, weights: Path, defines: dict, size: int, onnx_dir: P
     try:
         import cv2
 
+        from protoseg.io.prototxt import format_net, read_prototxt
+
         cv2.setNumThreads(threads)
-        net = cv2.dnn.readNetFromCaffe(str(prototxt), str(weights))
+        filled = onnx_dir / f"{prototxt.parent.name}-{prototxt.stem}.opencv.prototxt"  # ${NAME} filled in
+        filled.write_text(format_net(read_prototxt(prototxt, defines)))
+        net = cv2.dnn.readNetFromCaffe(str(filled), str(weights))
 
         def opencv(x, net=net):
             net.setInput(x)

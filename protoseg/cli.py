@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 import click
+import numpy as np
 
 from protoseg.errors import ProtosegError
 
@@ -194,6 +195,8 @@ model_options = [
                  "Needed for .pt2 files and Input-layer nets outside the zoo."),
     click.option("--batch-size", "-b", type=click.IntRange(min=1), default=1, show_default=True,
                  help="Images per forward pass (only images of one input size are batched together)."),
+    click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+                 help="Processes that decode images ahead of the net (torch DataLoader workers)."),
     click.option("--crf", metavar="PRESET", help="Refine labels with DeepLab's DenseCRF using a preset of "
                  "protoseg.crf.PRESETS (e.g. deeplab_v2_resnet101)."),
     click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cuda or cuda:1."),
@@ -222,31 +225,36 @@ def _with_model_options(fn):
               help="Label colours: 'voc', a palette PNG, or a text file of 'R G B' lines.")
 @click.option("--save-scores", is_flag=True, help="Also write each image's C x H x W scores as NAME_scores.npy.")
 @click.option("--force", is_flag=True, help="Overwrite existing result files.")
-def run(args, out_dir: Path, weights, defines, mean, batch_size: int, crf, device: str, samples: int, seed: int,
-        precision: str, fork: str | None, palette: str, save_scores: bool, force: bool) -> None:
+def run(args, out_dir: Path, weights, defines, mean, batch_size: int, workers: int, crf, device: str, samples: int,
+        seed: int, precision: str, fork: str | None, palette: str, save_scores: bool, force: bool) -> None:
     """Segment images: NAME.png (palette labels), NAME_overlay.jpg, and optionally scores, CRF labels and (with
     --samples) an uncertainty map.
 
-    MODEL is a .pt2 written by 'protoseg convert', or a zoo name with --weights.
+    MODEL is a .pt2 written by 'protoseg convert', or a zoo name with --weights. Under torchrun
+    (torchrun --nproc-per-node N -m protoseg run ...) each process takes every N-th image.
     """
+    from protoseg.run.distributed import world as join
     from protoseg.run.palette import load_palette
     from protoseg.run.predict import check_free, collect_images, planned_outputs, write_prediction
 
+    world = join(device)
     seg, rest = _segmenter(args, weights, defines=defines, mean=mean, crf=crf, device=device, samples=samples,
                            seed=seed, fork=fork, precision=precision)
     if not rest:
         raise ProtosegError("give at least one image file or folder after the model")
-    images = collect_images(rest)
+    images = world.shard(collect_images(rest))
     pal = load_palette(palette)
     check_free((p for img in images for p in planned_outputs(out_dir, img.stem, save_scores=save_scores,
                                                                crf=crf is not None, samples=samples > 1).values()),
                force=force)
     count = 0
-    for pred in seg.predict(images, batch_size=batch_size, progress=True):
+    for pred in seg.predict(images, batch_size=batch_size, progress=world.is_main, workers=workers):
         written = write_prediction(pred, out_dir, palette=pal, save_scores=save_scores)
         count += len(written)
         click.echo(f"{pred.name}: {', '.join(p.name for p in written)}")
-    click.echo(f"wrote {count} files to {out_dir}")
+    total = int(world.sum(np.array([count]))[0])
+    if world.is_main:
+        click.echo(f"wrote {total} files to {out_dir}" + (f" ({world.size} processes)" if world.size > 1 else ""))
 
 
 @cli.command(name="eval")
@@ -257,19 +265,27 @@ def run(args, out_dir: Path, weights, defines, mean, batch_size: int, crf, devic
 @click.option("--limit", type=click.IntRange(min=1), help="Score only the first N images of the split.")
 @_with_model_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (with the confusion matrix).")
-def eval_(args, dataset: Path, split: str, limit: int | None, weights, defines, mean, batch_size: int, crf,
-          device: str, samples: int, seed: int, precision: str, fork: str | None, as_json: bool) -> None:
-    """Mean IoU, per-class IoU and pixel accuracy on a VOC-layout dataset (the devkit's definitions)."""
+def eval_(args, dataset: Path, split: str, limit: int | None, weights, defines, mean, batch_size: int, workers: int,
+          crf, device: str, samples: int, seed: int, precision: str, fork: str | None, as_json: bool) -> None:
+    """Mean IoU, per-class IoU and pixel accuracy on a VOC-layout dataset (the devkit's definitions).
+
+    Under torchrun each process scores every N-th image and the confusion matrices are summed: the same
+    numbers as one process."""
     from protoseg import zoo
+    from protoseg.run.distributed import world as join
     from protoseg.run.metrics import voc_pairs
     from protoseg.run.predict import evaluate
 
+    world = join(device)
     seg, rest = _segmenter(args, weights, defines=defines, mean=mean, crf=crf, device=device, samples=samples,
                            seed=seed, fork=fork, precision=precision)
     if rest:
         raise ProtosegError(f"unexpected argument(s) {' '.join(rest)}; eval takes a model and --dataset")
     pairs = voc_pairs(dataset, split)[:limit]
-    cm = evaluate(seg, pairs, batch_size=batch_size, progress=True)
+    cm = evaluate(seg, world.shard(pairs), batch_size=batch_size, progress=world.is_main, workers=workers,
+                  world=world)
+    if not world.is_main:
+        return
     names = seg.categories or (list(zoo.VOC_CLASSES) if cm.num_classes == len(zoo.VOC_CLASSES) else
                                [str(i) for i in range(cm.num_classes)])
     iou = cm.iou()

@@ -223,13 +223,16 @@ class Segmenter:
         *,
         batch_size: int = 1,
         progress: bool = False,
+        workers: int = 0,
     ) -> Iterator[Prediction]:
         """Predict image files (or arrays) in order, ``batch_size`` at a time; a tqdm bar on a terminal if
-        ``progress``."""
+        ``progress``; ``workers`` processes decode the files ahead of the net (torch's DataLoader)."""
         from tqdm import tqdm
 
         if batch_size < 1:
             raise ProtosegError(f"--batch-size must be at least 1, got {batch_size}")
+        if workers < 0:
+            raise ProtosegError(f"--workers must be 0 or more, got {workers}")
         items = list(images)
         if self.samples > 1:
             torch.manual_seed(self.seed)
@@ -238,11 +241,7 @@ class Segmenter:
         pending: list[tuple[np.ndarray, str]] = []
         key = None
         try:
-            for i, item in enumerate(items):
-                if isinstance(item, np.ndarray):
-                    img, name = item, f"image{i}"
-                else:
-                    img, name = read_image(item), Path(item).stem
+            for img, name in _decoded(items, workers):
                 size = self.preprocess.pad_to or img.shape[:2]
                 if pending and (size != key or len(pending) >= batch_size):
                     yield from self._flush(pending, bar)
@@ -275,6 +274,40 @@ class Segmenter:
         if isinstance(out, (list, tuple)) and out:
             return self._pick(out[-1])
         raise ProtosegError(f"{self.name}: the model returned {type(out).__name__}, not a score tensor")
+
+
+class _Decode(torch.utils.data.Dataset):
+    """Images by index, decoded in DataLoader workers; an error travels back as data, raised in order."""
+
+    def __init__(self, items: Sequence[PathLike | np.ndarray]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        item = self.items[i]
+        if isinstance(item, np.ndarray):
+            return item, f"image{i}", None
+        try:
+            return read_image(item), Path(item).stem, None
+        except ProtosegError as e:
+            return None, None, e
+
+
+def _keep(sample):
+    return sample  # no collation: each sample is one image
+
+
+def _decoded(items: Sequence[PathLike | np.ndarray], workers: int) -> Iterator[tuple[np.ndarray, str]]:
+    """``(image, name)`` for each item in order, decoded here or by ``workers`` processes ahead of use."""
+    dataset = _Decode(items)
+    source = (dataset[i] for i in range(len(dataset))) if workers == 0 else torch.utils.data.DataLoader(
+        dataset, batch_size=None, num_workers=workers, collate_fn=_keep)
+    for img, name, error in source:
+        if error is not None:
+            raise error
+        yield img, name
 
 
 def _crf_preset(name: str):
@@ -381,8 +414,12 @@ def _check_labels(labels: np.ndarray) -> None:
 
 
 def evaluate(segmenter: Segmenter, pairs: Sequence[tuple[Path, Path]], *, batch_size: int = 1,
-             progress: bool = False, num_classes: int | None = None):
-    """Score ``segmenter`` on ``(image, label PNG)`` pairs: the accumulated VOC confusion matrix."""
+             progress: bool = False, num_classes: int | None = None, workers: int = 0, world=None):
+    """Score ``segmenter`` on ``(image, label PNG)`` pairs: the accumulated VOC confusion matrix.
+
+    With a :class:`~protoseg.run.distributed.World` of several processes, ``pairs`` is this process's share and
+    the matrix returned is the sum over all processes (each may have scored none).
+    """
     from PIL import Image
 
     from protoseg.run.metrics import ConfusionMatrix
@@ -390,7 +427,8 @@ def evaluate(segmenter: Segmenter, pairs: Sequence[tuple[Path, Path]], *, batch_
 
     cm = None
     labels_by_stem = {img.stem: lab for img, lab in pairs}
-    for pred in segmenter.predict([img for img, _ in pairs], batch_size=batch_size, progress=progress):
+    for pred in segmenter.predict([img for img, _ in pairs], batch_size=batch_size, progress=progress,
+                                  workers=workers):
         if cm is None:
             cm = ConfusionMatrix(num_classes or pred.scores.shape[0])
         lab_path = labels_by_stem[pred.name]
@@ -403,6 +441,14 @@ def evaluate(segmenter: Segmenter, pairs: Sequence[tuple[Path, Path]], *, batch_
             raise FormatError(f"{lab_path}: label is {gt.shape[1]}x{gt.shape[0]} but its image is "
                               f"{pred.labels.shape[1]}x{pred.labels.shape[0]}; they must match")
         cm.update(pred.crf_labels if pred.crf_labels is not None else pred.labels, gt)
+    if world is not None and world.size > 1:
+        classes = int(world.max(np.array([cm.num_classes if cm is not None else 0]))[0])
+        merged = ConfusionMatrix(classes) if classes else None
+        if merged is not None:
+            if cm is not None:
+                merged.matrix[: cm.num_classes, : cm.num_classes] = cm.matrix
+            merged.matrix[:] = world.sum(merged.matrix)
+        cm = merged
     if cm is None:
         raise ProtosegError("no images to evaluate")
     return cm

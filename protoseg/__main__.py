@@ -1,0 +1,7 @@
+"""``python -m protoseg``: the command line (also under ``torchrun -m protoseg``)."""
+
+import sys
+
+from protoseg.cli import main
+
+sys.exit(main())
