@@ -26,6 +26,7 @@ from torch import fx, nn
 from protoseg.errors import ProtosegError
 from protoseg.layers.activation import ReLU
 from protoseg.layers.conv import Conv2d, ConvTranspose2d
+from protoseg.layers.eltwise import Eltwise
 
 __all__ = ["PRECISIONS", "optimize"]
 
@@ -46,6 +47,10 @@ class FusedConv(nn.Module):
 
     #: Input shapes whose weight layout is kept.
     CACHED_SHAPES = 4
+    #: Below this many output channels a k x k convolution runs as one 1 x 1 convolution giving every tap's
+    #: contribution, then k*k shifted sums: oneDNN's direct kernels are slow for so few outputs (DeepLab v2's
+    #: 21-class ASPP heads on 2048 channels: 2-4x faster this way).
+    TAPS_BELOW = 64
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, conv: Conv2d, relu: float | None,
                  dtype: torch.dtype, device: torch.device):
@@ -54,6 +59,11 @@ class FusedConv(nn.Module):
         self.dilation, self.groups = list(conv.dilation), conv.groups
         self.relu = relu  # None: no activation; otherwise the negative slope
         self.packed = _mkldnn_ok(device, dtype)
+        out, _, kh, kw = weight.shape
+        self.taps = (kh, kw) if (self.packed and out < self.TAPS_BELOW and kh * kw > 1 and self.groups == 1
+                                 and self.stride == [1, 1]) else None
+        if self.taps is not None:  # tap-major: channel (i * kw + j) * out + o holds w[o, :, i, j]
+            weight = weight.permute(2, 3, 0, 1).reshape(kh * kw * out, -1, 1, 1)
         self.register_buffer("weight", weight.to(device, dtype).contiguous(memory_format=torch.channels_last))
         self.register_buffer("bias", bias.to(device, dtype))
         self._layouts: dict[tuple[int, ...], torch.Tensor] = {}
@@ -62,20 +72,44 @@ class FusedConv(nn.Module):
         if shape not in self._layouts:
             if len(self._layouts) >= self.CACHED_SHAPES:
                 self._layouts.pop(next(iter(self._layouts)))
+            one = self.taps is not None
             self._layouts[shape] = torch.ops.mkldnn._reorder_convolution_weight(
-                self.weight, self.padding, self.stride, self.dilation, self.groups, list(shape))
+                self.weight, [0, 0] if one else self.padding, self.stride, [1, 1] if one else self.dilation,
+                self.groups, list(shape))
         return self._layouts[shape]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed:
+    def _by_taps(self, x: torch.Tensor) -> torch.Tensor:
+        (kh, kw), (ph, pw), (dh, dw) = self.taps, self.padding, self.dilation
+        parts = torch.ops.mkldnn._convolution_pointwise(x, self._layout(tuple(x.shape)), None, [0, 0], [1, 1],
+                                                        [1, 1], 1, "none", [], "")
+        parts = F.pad(parts.float(), (pw, pw, ph, ph))
+        out_h, out_w = parts.shape[2] - dh * (kh - 1), parts.shape[3] - dw * (kw - 1)
+        outs = self.bias.numel()
+        y = self.bias.float().reshape(1, -1, 1, 1).expand(x.shape[0], outs, out_h, out_w)
+        for i in range(kh):
+            for j in range(kw):
+                k = (i * kw + j) * outs
+                y = y + parts[:, k:k + outs, i * dh:i * dh + out_h, j * dw:j * dw + out_w]
+        return y.to(x.dtype)
+
+    def _activate(self, y: torch.Tensor) -> torch.Tensor:
+        if self.relu is None:
+            return y
+        return F.relu(y) if self.relu == 0 else F.leaky_relu(y, self.relu)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``relu(conv(x) [+ residual])``, the residual being a shortcut join's other blob (ResNet)."""
+        if self.taps is None and self.packed:
             attr, scalars = ("none", []) if self.relu is None else (
                 ("relu", []) if self.relu == 0 else ("leaky_relu", [self.relu]))
-            return torch.ops.mkldnn._convolution_pointwise(x, self._layout(tuple(x.shape)), self.bias, self.padding,
-                                                           self.stride, self.dilation, self.groups, attr, scalars, "")
-        y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
-        if self.relu is not None:
-            y = F.relu(y) if self.relu == 0 else F.leaky_relu(y, self.relu)
-        return y
+            args = (self._layout(tuple(x.shape)), self.bias, self.padding, self.stride, self.dilation, self.groups)
+            if residual is None:
+                return torch.ops.mkldnn._convolution_pointwise(x, *args, attr, scalars, "")
+            return torch.ops.mkldnn._convolution_pointwise.binary(x, residual, *args, "add", None,
+                                                                  None if attr == "none" else attr, scalars, "")
+        y = self._by_taps(x) if self.taps is not None else F.conv2d(x, self.weight, self.bias, self.stride,
+                                                                    self.padding, self.dilation, self.groups)
+        return self._activate(y if residual is None else y + residual)
 
     def extra_repr(self) -> str:
         relu = "" if self.relu is None else (", relu" if self.relu == 0 else f", leaky_relu({self.relu})")
@@ -110,6 +144,28 @@ def _fold(gm: fx.GraphModule, conv_node: fx.Node) -> tuple[torch.Tensor, torch.T
     return weight, bias, relu, chain
 
 
+def _is_conv(module) -> bool:
+    return isinstance(module, Conv2d) and not isinstance(module, ConvTranspose2d) and module.weight.dim() == 4
+
+
+def _residual(gm: fx.GraphModule, node: fx.Node, ends: dict[fx.Node, fx.Node]) -> tuple[fx.Node, fx.Node,
+                                                                                          list[fx.Node]] | None:
+    """For an Eltwise SUM of two blobs where one is a folded convolution's value used only here (ResNet's
+    shortcut join): (that convolution, the other blob, the nodes fused: the Eltwise and a ReLU after it)."""
+    module = gm.get_submodule(node.target)
+    if not isinstance(module, Eltwise) or module.op != "SUM" or len(node.args) != 2 or set(module.coeffs) != {1.0}:
+        return None
+    for mine, other in (node.args, node.args[::-1]):
+        conv = ends.get(mine)
+        if conv is not None and len(mine.users) == 1 and other is not mine:
+            fused = [node]
+            user = _only_user(node)
+            if user is not None and isinstance(gm.get_submodule(user.target), ReLU):
+                fused.append(user)
+            return conv, other, fused
+    return None
+
+
 def optimize(gm: fx.GraphModule, *, precision: str = "fp32", device: str | torch.device = "cpu",
              fuse: bool = True) -> fx.GraphModule:
     """The fast form of a faithful protoseg graph ``gm`` (left unchanged; unchanged layers are shared).
@@ -120,9 +176,28 @@ def optimize(gm: fx.GraphModule, *, precision: str = "fp32", device: str | torch
     if precision not in PRECISIONS:
         raise ProtosegError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     dtype, device = PRECISIONS[precision], torch.device(device)
+    modules = dict(gm.named_modules())
+    # Plan first: each convolution with what folds into it, then the shortcut joins that take one of them.
+    folds = {n: _fold(gm, n) for n in gm.graph.nodes
+             if fuse and n.op == "call_module" and _is_conv(modules[n.target])}
+    ends = {chain[-1]: conv for conv, (_, _, relu, chain) in folds.items() if relu is None}
+    joins = {n: plan for n in gm.graph.nodes if fuse and device.type == "cpu" and n.op == "call_module"
+             and (plan := _residual(gm, n, ends)) is not None}
     graph, root = fx.Graph(), nn.Module()
     env: dict[fx.Node, fx.Node] = {}
-    replaced: set[fx.Node] = set()
+    # a join's convolution is emitted at the join, once the other blob exists: skip its chain until then
+    replaced: set[fx.Node] = {n for conv, _, _ in joins.values() for n in folds[conv][3]}
+
+    def emit(conv: fx.Node, args: tuple, last: fx.Node, relu: float | None, covered: list[fx.Node]) -> None:
+        weight, bias, own_relu, chain = folds[conv]
+        name = last.target.replace(".", "_")
+        root.add_module(name, FusedConv(weight, bias, modules[conv.target], relu if relu is not None else own_relu,
+                                        dtype, device))
+        new = graph.call_module(name, args)
+        new.meta.update(last.meta, fused=[n.meta.get("caffe_layer") for n in chain + covered])
+        replaced.update(chain + covered)
+        env[last] = new
+
     for node in gm.graph.nodes:
         if node in replaced:
             continue
@@ -134,20 +209,17 @@ def optimize(gm: fx.GraphModule, *, precision: str = "fp32", device: str | torch
         if node.op == "output":
             graph.output(fx.node.map_arg(node.args[0], lambda n: graph.call_function(_leave, (env[n],))))
             continue
-        module = gm.get_submodule(node.target) if node.op == "call_module" else None
-        if fuse and isinstance(module, Conv2d) and not isinstance(module, ConvTranspose2d) and module.weight.dim() == 4:
-            weight, bias, relu, chain = _fold(gm, node)
-            name = chain[-1].target if len(chain) > 1 else node.target
-            root.add_module(name.replace(".", "_"), FusedConv(weight, bias, module, relu, dtype, device))
-            new = graph.call_module(name.replace(".", "_"), (env[node.args[0]],))
-            new.meta.update(chain[-1].meta, fused=[n.meta.get("caffe_layer") for n in chain])
-            replaced.update(chain)
-            env[chain[-1]] = new
+        if node in folds:
+            emit(node, (env[node.args[0]],), folds[node][3][-1], None, [])
             continue
-        if module is not None and node.target not in dict(root.named_children()):
-            root.add_module(node.target, _cast(module, dtype, device))
-        new = graph.node_copy(node, lambda n: env[n])
-        env[node] = new
+        if node in joins:
+            conv, other, fused = joins[node]
+            relu = float(modules[fused[-1].target].negative_slope) if len(fused) == 2 else None
+            emit(conv, (env[conv.args[0]], env[other]), fused[-1], relu, fused)
+            continue
+        if node.op == "call_module" and node.target not in dict(root.named_children()):
+            root.add_module(node.target, _cast(modules[node.target], dtype, device))
+        env[node] = graph.node_copy(node, lambda n: env[n])
     graph.lint()
     fast = fx.GraphModule(root, graph, class_name=f"{type(gm).__name__}Fast")
     fast.meta.update(gm.meta, precision=precision, fused=fuse)

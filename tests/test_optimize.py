@@ -106,3 +106,28 @@ def test_convert_in_bf16_runs_back_in_bf16(tmp_path) -> None:
         plain = program(torch.from_numpy(blob[None]))
     assert plain.dtype == torch.float32
     assert (plain[0].argmax(0).numpy() == pred.labels).mean() > 0.99
+
+
+RESIDUAL = """input: "data" input_shape { dim: 1 dim: 8 dim: 7 dim: 7 }
+layer { name: "short" type: "Convolution" bottom: "data" top: "short" convolution_param { num_output: 8 kernel_size: 1 } }
+layer { name: "bn" type: "BatchNorm" bottom: "short" top: "short" }
+layer { name: "body" type: "Convolution" bottom: "data" top: "body" convolution_param { num_output: 8 kernel_size: 3 pad: 1 } }
+layer { name: "sum" type: "Eltwise" bottom: "short" bottom: "body" top: "sum" }
+layer { name: "relu" type: "ReLU" bottom: "sum" top: "sum" }
+"""
+
+
+def test_shortcut_join_fuses_into_a_convolution() -> None:
+    """ResNet's conv + shortcut + ReLU is one oneDNN call; the outputs stay the faithful graph's (a 3x3
+    convolution of few outputs takes the tap path, which adds the shortcut after it)."""
+    net = build_net(upgrade_net(parse_prototxt(RESIDUAL)))
+    rng = np.random.default_rng(1)
+    blobs = {layer.name: [rng.standard_normal(s).astype(np.float32) for s in layer.blob_shapes]
+             for layer in net.layers if layer.blob_shapes}
+    blobs["bn"][1], blobs["bn"][2] = np.abs(blobs["bn"][1]) + 1, np.ones(1, np.float32)
+    gm = to_graph(net, blobs)
+    fast = optimize(gm)
+    assert [type(m).__name__ for _, m in fast.named_children()] == ["FusedConv", "FusedConv"]
+    x = torch.randn(1, 8, 7, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), gm(x), rtol=1e-5, atol=1e-5)
