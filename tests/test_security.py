@@ -415,3 +415,16 @@ def test_rank_checked_where_the_module_needs_four_axes() -> None:
             'layer { name: "lrn" type: "LRN" bottom: "data" top: "lrn" lrn_param { local_size: 3 } }\n')
     with pytest.raises(ShapeError, match="expects an N x C x H x W bottom"):
         _net(text)
+
+
+@pytest.mark.parametrize("text, message", [
+    ('input: "data" input_shape { dim: 2 dim: 0 dim: 9 dim: 7 }\n'
+     'layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param { num_output: 4 kernel_size: 3 } }\n',
+     "would have an empty axis"),
+    ('input: "data" input_shape { dim: 1 dim: 3 dim: 21 dim: 18 }\n'
+     'layer { name: "p" type: "Pooling" bottom: "data" top: "p" pooling_param { pool: MAX kernel_h: 3 kernel_w: 2 '
+     'stride_h: 2147483648 stride_w: 3 pad_h: 1 pad_w: 1 } }\n', "stride 2,147,483,648 is beyond any input"),
+], ids=["zero-channels", "stride-beyond-int32"])
+def test_sizes_torch_cannot_run_are_refused_at_build(text: str, message: str) -> None:
+    with pytest.raises(ProtosegError, match=message):
+        _net(text)

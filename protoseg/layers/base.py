@@ -35,6 +35,9 @@ ROLES = ("compute", "input", "prune")
 #: Caffe's ``Blob::Reshape`` refuses blobs with more than INT_MAX elements or more than 32 axes.
 MAX_COUNT = 2**31 - 1
 MAX_AXES = 32
+#: Largest kernel, stride, pad or dilation protoseg takes: far beyond any input a Caffe blob can hold along an
+#: axis that a kernel could meet, and small enough for every torch kernel's integer arithmetic.
+MAX_SPATIAL = 2**24
 
 _REGISTRY: dict[tuple[str, str], type[Converter]] = {}
 
@@ -210,20 +213,20 @@ class Converter:
         if has_h or has_w:
             if not (has_h and has_w):
                 raise self.error(f"give both {base}_h and {base}_w, or {name} alone")
-            return getattr(param, f"{base}_h"), getattr(param, f"{base}_w")
-        if repeated:
-            values: Sequence[int] = list(getattr(param, name))
+            values = [getattr(param, f"{base}_h"), getattr(param, f"{base}_w")]
+        elif repeated:
+            values = list(getattr(param, name))
         else:
             values = [getattr(param, name)] if param.HasField(name) else []
         if not values:
             if default is None:
                 raise self.error(f"{name} is required (or {base}_h and {base}_w)")
             return default, default
-        if len(values) == 1:
-            return values[0], values[0]
-        if len(values) == 2:
-            return values[0], values[1]
-        raise self.error(f"{name} takes 1 or 2 values for a 2-D layer, got {len(values)}")
+        if len(values) not in (1, 2):
+            raise self.error(f"{name} takes 1 or 2 values for a 2-D layer, got {len(values)}")
+        if max(values) > MAX_SPATIAL:
+            raise self.error(f"{name} {max(values):,} is beyond any input (protoseg takes up to {MAX_SPATIAL:,})")
+        return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
 
     def axis(self, axis: int, ndim: int, what: str = "axis") -> int:
         """Caffe's CanonicalAxisIndex: negative axes count from the end; out of range is an error."""
@@ -235,8 +238,9 @@ class Converter:
         """Caffe's blob limits: at most 32 axes, no negative size, at most INT_MAX elements in all."""
         if len(shape) > MAX_AXES:
             raise self.shape_error(f"{what} has {len(shape)} axes; Caffe blobs have at most {MAX_AXES}")
-        if any(d < 0 for d in shape):
-            raise self.shape_error(f"{what} would have a negative size {shape}")
+        if any(d <= 0 for d in shape):
+            raise self.shape_error(f"{what} would have {'a negative' if min(shape) < 0 else 'an empty'} axis: "
+                                   f"{quote(shape)}")
         if product(shape) > MAX_COUNT:
             raise self.shape_error(f"{what} {quote(shape)} would hold {product(shape):,} values, more than the "
                                    f"{MAX_COUNT:,} a Caffe blob can; use a smaller input")
