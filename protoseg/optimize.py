@@ -8,6 +8,7 @@ computes the same outputs with fewer, faster passes:
   them, folded in float64 and rounded once;
 * on CPU the convolution weights are re-laid out once for oneDNN (``mkldnn._reorder_convolution_weight``) and run
   with the ReLU fused (``mkldnn._convolution_pointwise``): no per-call weight reorder, no separate ReLU pass;
+* layers with a faster equivalent for these layouts use it (``fast()``: MAX pooling whose windows tile the input);
 * activations stay ``channels_last`` from input to output, so oneDNN never converts layouts between layers
   (outputs may stay channels_last too: the same N x C x H x W tensors to any reader);
 * ``precision`` ``bf16``/``fp16`` casts weights and activations (bf16 uses AVX512-BF16/AMX on CPUs with them),
@@ -218,7 +219,10 @@ def optimize(gm: fx.GraphModule, *, precision: str = "fp32", device: str | torch
             emit(conv, (env[conv.args[0]], env[other]), fused[-1], relu, fused)
             continue
         if node.op == "call_module" and node.target not in dict(root.named_children()):
-            root.add_module(node.target, _cast(modules[node.target], dtype, device))
+            module = modules[node.target]
+            if fuse and hasattr(module, "fast"):
+                module = module.fast()
+            root.add_module(node.target, _cast(module, dtype, device))
         env[node] = graph.node_copy(node, lambda n: env[n])
     graph.lint()
     fast = fx.GraphModule(root, graph, class_name=f"{type(gm).__name__}Fast")

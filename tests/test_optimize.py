@@ -131,3 +131,16 @@ def test_shortcut_join_fuses_into_a_convolution() -> None:
     x = torch.randn(1, 8, 7, 7)
     with torch.no_grad():
         torch.testing.assert_close(fast(x), gm(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(8, 8), (7, 9)])
+@pytest.mark.parametrize("kernel", [(2, 2), (3, 2)])
+def test_tiled_max_pool_equals_the_windowed_one(size, kernel) -> None:
+    from protoseg.layers.pool import Pool2d
+
+    pool = Pool2d("MAX", kernel, kernel, (0, 0), torch_exact=True)
+    x = torch.randn(2, 5, *size)
+    x[0, 0, 0, :2] = float("nan")
+    fast = pool.fast()
+    assert type(fast).__name__ == "TiledMaxPool"
+    torch.testing.assert_close(fast(x.contiguous(memory_format=torch.channels_last)), pool(x), equal_nan=True)

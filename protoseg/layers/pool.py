@@ -120,9 +120,46 @@ class Pool2d(nn.Module):
         mask = torch.where(empty, -1, row * w + col_in_row)  # Caffe leaves -1 where a window is empty
         return y, mask.to(x.dtype)
 
+    def fast(self) -> nn.Module:
+        """The module the fast graph runs instead (:mod:`protoseg.optimize`): the same values."""
+        if (self.mode == "MAX" and not self.with_mask and self.kernel == self.stride and self.pad == (0, 0)
+                and self.torch_exact):
+            return TiledMaxPool(self.kernel)
+        return self
+
     def extra_repr(self) -> str:
         return f"{self.mode}, kernel={self.kernel}, stride={self.stride}, pad={self.pad}" + (
             ", mask" if self.with_mask else "")
+
+
+class TiledMaxPool(nn.Module):
+    """MAX pooling whose windows tile the input (kernel = stride, no pad; FCN's and SegNet's 2 x 2), for
+    channels_last activations: the windows' rows and columns are contiguous blocks of memory there, so a few
+    element-wise maxima of whole blocks replace the windowed kernel (2-4x faster on FCN's first pools). Sizes
+    that leave a partial last window (ceil rounding) take torch's kernel."""
+
+    def __init__(self, kernel: tuple[int, int]):
+        super().__init__()
+        self.kernel = kernel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (kh, kw), (h, w) = self.kernel, x.shape[-2:]
+        oh, ow = caffe_pool_size(h, kh, 0, kh), caffe_pool_size(w, kw, 0, kw)
+        n, c = x.shape[:2]
+        if oh * kh != h or ow * kw != w:  # a partial last window: padding would cost more than it saves
+            return F.max_pool2d(x, self.kernel, self.kernel, 0, ceil_mode=True)
+        rows = x.permute(0, 2, 3, 1).reshape(n, oh, kh, ow, kw * c)  # a view when x is channels_last
+        y = rows[:, :, 0]
+        for i in range(1, kh):
+            y = torch.maximum(y, rows[:, :, i])
+        cols = y.reshape(n, oh, ow, kw, c)
+        z = cols[..., 0, :]
+        for j in range(1, kw):
+            z = torch.maximum(z, cols[..., j, :])
+        return z.permute(0, 3, 1, 2)
+
+    def extra_repr(self) -> str:
+        return f"MAX, kernel=stride={self.kernel}, tiled"
 
 
 class GlobalPool2d(nn.Module):
