@@ -204,7 +204,8 @@ def engines(prototxt: Path, weights: Path, defines: dict, size: int, onnx_dir: P
     except ImportError:
         notes.append("opencv not installed")
     except Exception as e:  # OpenCV refuses the forks' layers with cv2.error, or fails at forward
-        notes.append(f"opencv fails: {str(e).strip().splitlines()[-1][:90]}")
+        reason = next((line.strip() for line in str(e).splitlines() if "error:" in line), str(e).strip()[:90])
+        notes.append(f"OpenCV cannot run it ({reason.split('error:', 1)[-1].strip()[:80]})")
     return opened.net, out, notes
 
 
