@@ -99,6 +99,17 @@ class Blob:
         return f"Blob{self.shape}"
 
 
+class Layer:
+    """pycaffe's ``net.layers[i]``: the layer's Caffe type and its parameter blobs."""
+
+    def __init__(self, type_: str, blobs: list[Blob]) -> None:
+        self.type = type_
+        self.blobs = blobs
+
+    def __repr__(self) -> str:
+        return f"<Layer {self.type}: {len(self.blobs)} blobs>"
+
+
 def _parse_args(args: tuple[Any, ...], weights: Any, phase: Any) -> tuple[str | None, int]:
     """pycaffe's forms: ``Net(p, weights, phase)``, ``Net(p, phase)``, ``Net(p, phase, weights=w)``."""
     if len(args) > 2:
@@ -164,6 +175,17 @@ class Net:
     def layer_names(self) -> list[str]:
         """The inference layers in order (pycaffe's ``net._layer_names`` without the data layers)."""
         return [layer.name for layer in self._net.layers]
+
+    @property
+    def _layer_names(self) -> list[str]:
+        """Every layer of this phase in prototxt order, data and loss layers included, as pycaffe lists them."""
+        return [lp.name for lp in self._netparam.layer]
+
+    @property
+    def layers(self) -> list[Layer]:
+        """pycaffe's ``net.layers``: per layer of this phase its ``type`` and its parameter ``blobs`` (the same
+        Blob objects as ``net.params``)."""
+        return [Layer(lp.type, self.params.get(lp.name, [])) for lp in self._netparam.layer]
 
     @property
     def top_names(self) -> OrderedDict[str, list[str]]:
@@ -283,6 +305,33 @@ class Net:
         else:
             outs = self.outputs
         return {name: self.blobs[name].data for name in list(outs) + list(blobs or [])}
+
+    def forward_all(self, blobs: Sequence[str] | None = None, **kwargs: np.ndarray) -> dict[str, np.ndarray]:
+        """pycaffe's ``forward_all``: the inputs given by name, in batches of the net's batch size (the last one
+        padded with zeros), their outputs (and ``blobs``) stacked, the padding dropped."""
+        if not kwargs:
+            raise ProtosegError("Net.forward_all(): give the inputs by name, e.g. forward_all(data=images)")
+        unknown = sorted(set(kwargs) - set(self.inputs))
+        if unknown:
+            raise ProtosegError(f"Net.forward_all(): {', '.join(unknown)} is not an input; the inputs are "
+                                f"{', '.join(self.inputs)}")
+        arrays = {name: np.asarray(value, dtype=np.float32) for name, value in kwargs.items()}
+        count = {a.shape[0] for a in arrays.values()}
+        if len(count) != 1:
+            raise ProtosegError(f"Net.forward_all(): inputs of {sorted(count)} items; give them one count")
+        total = count.pop()
+        batch = max(1, self.blobs[next(iter(arrays))].num)
+        collected: dict[str, list[np.ndarray]] = {}
+        for start in range(0, max(total, 1), batch):
+            chunk = {}
+            for name, a in arrays.items():
+                part = a[start:start + batch]
+                if len(part) < batch:
+                    part = np.concatenate([part, np.zeros((batch - len(part),) + a.shape[1:], np.float32)])
+                chunk[name] = part
+            for name, value in self.forward(blobs=blobs, **chunk).items():
+                collected.setdefault(name, []).append(value.copy())
+        return {name: np.concatenate(parts)[:total] for name, parts in collected.items()}
 
     def backward(self, *args: Any, **kwargs: Any) -> None:
         raise ProtosegError("Net.backward(): protoseg converts nets for inference only; train in PyTorch instead")

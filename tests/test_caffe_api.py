@@ -148,3 +148,26 @@ def test_mode_shims() -> None:
     caffe.set_mode_cpu()
     net = caffe.Net(str(DEMO[0]), str(DEMO[1]), caffe.TEST)
     assert net.forward(data=np.zeros((1, 3, 8, 8), np.float32))["score"].shape == (1, 4, 8, 8)
+
+
+def test_forward_all_batches_like_pycaffe() -> None:
+    """ENet's and Dilation's scripts: forward_all(**{net.inputs[0]: images}) in the net's batch size."""
+    rs = np.random.RandomState(1)
+    x = rs.uniform(-2, 2, (5, 3, 24, 28)).astype(np.float32)
+    net = caffe.Net(str(DEMO[0]), str(DEMO[1]), caffe.TEST)
+    net.blobs["data"].reshape(2, 3, 24, 28)
+    out = net.forward_all(**{net.inputs[0]: x})
+    gm = protoseg.loader.load(*DEMO)
+    with torch.no_grad():
+        expected = gm(torch.from_numpy(x)).numpy()
+    assert list(out) == ["score"] and out["score"].shape == (5, 4, 24, 28)
+    np.testing.assert_allclose(out["score"], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_layers_and_layer_names_as_pycaffe_lists_them() -> None:
+    net = caffe.Net(str(DEMO[0]), str(DEMO[1]), caffe.TEST)
+    assert net._layer_names[0] == "data" and "conv1_1" in net._layer_names
+    types = {name: layer.type for name, layer in zip(net._layer_names, net.layers)}
+    assert types["data"] == "MemoryData" and types["conv1_1"] == "Convolution"
+    conv = net.layers[net._layer_names.index("conv1_1")]
+    assert conv.blobs[0] is net.params["conv1_1"][0]

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from fuzz.wire import varint  # an encoder of its own, not the writer under test
 from protoseg.cli import main
 from protoseg.errors import FormatError, LayerParamError, ParseError, ProtosegError, ShapeError
 from protoseg.graph import to_graph
@@ -154,22 +155,13 @@ def test_pt2_pickles_are_never_loaded(tmp_path: Path) -> None:
 def _unpacked_blob_file(path: Path, runs: int) -> np.ndarray:
     """A V2 caffemodel with one blob whose floats are written one field each, in ``runs`` runs split by shapes."""
     values = np.arange(runs * 2, dtype="<f4")
-    dims = b"\x08" + _varint(len(values))
-    shape = b"\x3a" + _varint(len(dims)) + dims  # between runs, so that every run is two values long
+    dims = b"\x08" + varint(len(values))
+    shape = b"\x3a" + varint(len(dims)) + dims  # between runs, so that every run is two values long
     blob = b"".join(b"".join(b"\x2d" + struct.pack("<f", v) for v in values[2 * i: 2 * i + 2]) + shape
                     for i in range(runs))
-    layer = b"\x0a\x01a" + b"\x3a" + _varint(len(blob)) + blob
-    path.write_bytes(b"\xa2\x06" + _varint(len(layer)) + layer)
+    layer = b"\x0a\x01a" + b"\x3a" + varint(len(blob)) + blob
+    path.write_bytes(b"\xa2\x06" + varint(len(layer)) + layer)
     return values
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def test_unpacked_float_runs_are_scanned_in_linear_time(tmp_path: Path, monkeypatch) -> None:
@@ -199,11 +191,11 @@ def test_millions_of_empty_layers_are_refused_early(tmp_path: Path) -> None:
     ((2**20, 2**20), "more than the 2,147,483,647 values"),
 ])
 def test_blob_shapes_beyond_caffes_limits(tmp_path: Path, shape, message: str) -> None:
-    dims = b"".join(_varint(d) for d in shape)
-    blob = b"\x3a" + _varint(len(dims) + 2) + b"\x0a" + _varint(len(dims)) + dims
-    layer = b"\x0a\x01a" + b"\x3a" + _varint(len(blob)) + blob
+    dims = b"".join(varint(d) for d in shape)
+    blob = b"\x3a" + varint(len(dims) + 2) + b"\x0a" + varint(len(dims)) + dims
+    layer = b"\x0a\x01a" + b"\x3a" + varint(len(blob)) + blob
     path = tmp_path / "w.caffemodel"
-    path.write_bytes(b"\xa2\x06" + _varint(len(layer)) + layer)
+    path.write_bytes(b"\xa2\x06" + varint(len(layer)) + layer)
     with pytest.raises(FormatError, match=message):
         read_weights(path)
 
