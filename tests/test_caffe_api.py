@@ -171,3 +171,33 @@ def test_layers_and_layer_names_as_pycaffe_lists_them() -> None:
     assert types["data"] == "MemoryData" and types["conv1_1"] == "Convolution"
     conv = net.layers[net._layer_names.index("conv1_1")]
     assert conv.blobs[0] is net.params["conv1_1"][0]
+
+
+def test_caffe_io_transformer_as_pycaffe_scripts_use_it(tmp_path: Path) -> None:
+    image_path = next((DEMO_DIR / "images").glob("*.png"))
+    image = caffe.io.load_image(str(image_path))
+    assert image.dtype == np.float32 and image.shape[2] == 3 and 0 <= image.min() and image.max() <= 1
+    t = caffe.io.Transformer({"data": (1, 3, 32, 40)})
+    t.set_transpose("data", (2, 0, 1))
+    t.set_channel_swap("data", (2, 1, 0))
+    t.set_raw_scale("data", 255)
+    t.set_mean("data", np.array([104.0, 117.0, 123.0]))
+    blob = t.preprocess("data", image)
+    assert blob.shape == (3, 32, 40)
+    resized = caffe.io.resize_image(image, (32, 40))
+    np.testing.assert_allclose(blob[0], resized[:, :, 2] * 255 - 104.0, rtol=1e-5, atol=1e-3)  # B first
+    np.testing.assert_allclose(t.deprocess("data", blob), resized, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ProtosegError, match="not one of the inputs"):
+        t.preprocess("label", image)
+
+
+def test_blobproto_round_trip_and_schema_for_scripts() -> None:
+    from google.protobuf import text_format
+
+    from protoseg.caffe.proto import caffe_pb2
+
+    arr = np.arange(24, dtype=np.float32).reshape(1, 2, 3, 4)
+    np.testing.assert_array_equal(caffe.io.blobproto_to_array(caffe.io.array_to_blobproto(arr)), arr)
+    msg = caffe_pb2.NetParameter()
+    text_format.Merge('layer { name: "bn" type: "BN" bn_param { bn_mode: INFERENCE } }', msg)  # a fork's field
+    assert msg.layer[0].bn_param.bn_mode == caffe_pb2.BNParameter.INFERENCE

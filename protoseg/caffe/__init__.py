@@ -28,7 +28,7 @@ import torch
 
 from protoseg.errors import ProtosegError, ProtosegWarning
 
-__all__ = ["TRAIN", "TEST", "Net", "Blob", "set_mode_cpu", "set_mode_gpu", "set_device"]
+__all__ = ["TRAIN", "TEST", "Net", "Blob", "Layer", "io", "proto", "set_mode_cpu", "set_mode_gpu", "set_device"]
 
 #: Phase constants with pycaffe's values (``caffe_pb2.Phase``).
 TRAIN = 0
@@ -338,3 +338,6 @@ class Net:
 
     def __repr__(self) -> str:
         return f"<protoseg.caffe.Net {self._netparam.name!r}: {len(self._net.layers)} layers>"
+
+
+from protoseg.caffe import io, proto  # noqa: E402  (pycaffe's caffe.io and caffe.proto, after Net exists)
