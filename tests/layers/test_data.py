@@ -58,3 +58,19 @@ def test_losses_are_pruned_and_their_bottom_becomes_the_output() -> None:
             'layer { name: "acc" type: "SegAccuracy" bottom: "out" bottom: "label" top: "acc" }\n')
     net = build_net(upgrade_net(parse_prototxt(text)))
     assert net.outputs == ["out"] and list(net.inputs) == ["data"] and net.pruned == ["loss", "acc"]
+
+
+TRAIN_ONLY = ('layer { name: "data" type: "ImageData" top: "data" top: "label" include { phase: TRAIN } }\n'
+              'layer { name: "relu" type: "ReLU" bottom: "data" top: "out" }\n')
+
+
+def test_train_only_data_layer_takes_its_shape_from_input_and_says_so() -> None:
+    from protoseg.errors import ShapeError
+    from protoseg.io.upgrade import filter_net
+
+    netparam = filter_net(upgrade_net(parse_prototxt(TRAIN_ONLY)), "TEST")
+    with pytest.raises(ShapeError, match=r"no layer of this phase writes it \(a TRAIN-only data layer\?\).*"
+                                         r"--input data=N,C,H,W"):
+        build_net(netparam)
+    net = build_net(netparam, {"data": (1, 3, 8, 8)})
+    assert net.inputs == {"data": (1, 3, 8, 8)} and [layer.name for layer in net.layers] == ["relu"]
