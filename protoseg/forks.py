@@ -16,6 +16,7 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence
 from google.protobuf.message import Message
 
 from protoseg.errors import ProtosegError
+from protoseg.io.upgrade import V1_TYPE_NAMES
 
 BVLC = "bvlc"
 
@@ -136,18 +137,27 @@ def detect(netparam: Message, stored_blobs: Mapping[str, int] | None = None, *,
             items.append((f"{what}: {', '.join(known)}", layer, descendants(known)))
     layers = list(getattr(netparam, "layer", [])) + list(getattr(netparam, "layers", []))
     for lp in layers:
-        if defined_by is None or not isinstance(lp.type, str) or not lp.type:
+        kind = _type_string(lp)
+        if defined_by is None or not kind:
             continue
-        owners = [f for f in defined_by(lp.type) if f in FORKS]
-        if owners and BVLC not in owners:
-            items.append((f"type {lp.type}: {', '.join(owners)}", lp.name, descendants(owners)))
+        owners = [f for f in defined_by(kind) if f in FORKS]
+        if owners and BVLC not in owners and isinstance(lp.type, str):  # a V1 enum value's home is schema evidence
+            items.append((f"type {kind}: {', '.join(owners)}", lp.name, descendants(owners)))
         if stored_blobs and blob_counts is not None and len(owners) > 1 and lp.name in stored_blobs:
             n = stored_blobs[lp.name]
-            fitting = [f for f in owners if n in blob_counts(f, lp.type)]
+            fitting = [f for f in owners if n in blob_counts(f, kind)]
             if fitting and len(fitting) < len(owners):
-                items.append((f"{lp.type} with {n} stored blobs: {', '.join(fitting)}", lp.name,
+                items.append((f"{kind} with {n} stored blobs: {', '.join(fitting)}", lp.name,
                               descendants(fitting)))
     return _choose(items)
+
+
+def _type_string(lp: Message) -> str:
+    """A layer's V2 type string; a V1 ``layers {}`` entry's enum value through the upgrade's table."""
+    if isinstance(lp.type, str):
+        return lp.type
+    value = lp.DESCRIPTOR.fields_by_name["type"].enum_type.values_by_number.get(lp.type)
+    return V1_TYPE_NAMES.get(value.name, "") if value is not None else ""
 
 
 def _choose(items: list[tuple[str, str, frozenset[str]]]) -> Detection:

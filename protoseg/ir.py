@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
 from protoseg import forks
-from protoseg.coordmap import ancestry
+from protoseg.coordmap import Lineages
 from protoseg.errors import ProtosegError, ProtosegWarning, ShapeError, UnsupportedLayerError, layer_error, quote
 from protoseg.layers.base import Bottoms, Converter, Shape, converter_for, forks_defining, product, registered
 
@@ -205,10 +205,7 @@ def build_net(
     layers: list[Layer] = []
     caffe_name: dict[str, str] = {}
     shapes: dict[str, Shape] = {}
-    producers: dict[str, tuple[Converter, Bottoms, list[str]]] = {}
-
-    def lineage_of(names: list[str]):
-        return lambda i: ancestry(names[i], producers)
+    lineages = Lineages()
 
     for (conv, _, caffe_tops), (bottoms, tops) in zip(entries, _ssa_names(entries)):
         for ssa, caffe in zip(tops, caffe_tops):
@@ -227,7 +224,7 @@ def build_net(
                                   f"{caffe}=N,C,H,W to set it", ProtosegWarning, stacklevel=2)
                 inputs[top] = shapes[top] = conv.check_shape(tuple(shape), f"input {quote(caffe)}")
             continue
-        in_shapes = Bottoms([shapes[b] for b in bottoms], lineage_of(bottoms))
+        in_shapes = Bottoms([shapes[b] for b in bottoms], lambda k, names=bottoms: lineages(names[k]))
         try:
             out_shapes = [conv.check_shape(tuple(s), f"top {quote(t)}")
                           for s, t in zip(conv.infer(in_shapes), caffe_tops)]
@@ -243,7 +240,7 @@ def build_net(
             raise conv.shape_error(f"gives {len(out_shapes)} top shapes for {len(tops)} tops")
         for top, shape in zip(tops, out_shapes):
             shapes[top] = shape
-            producers[top] = (conv, in_shapes, bottoms)
+            lineages.add(top, lambda conv=conv, s=in_shapes: conv.coord_map(s), bottoms[0] if bottoms else None)
         layers.append(Layer(conv.name, conv.type, conv, bottoms, tops, list(caffe_tops), in_shapes, out_shapes,
                             blob_shapes))
 

@@ -52,6 +52,9 @@ class FusedConv(nn.Module):
     #: contribution, then k*k shifted sums: oneDNN's direct kernels are slow for so few outputs (DeepLab v2's
     #: 21-class ASPP heads on 2048 channels: 2-4x faster this way).
     TAPS_BELOW = 64
+    #: ... and only for small kernels on many input channels, where the k*k planes of partial sums cost less
+    #: than the direct convolution's slow path (a 7 x 7 head on 3 channels would hold 49 planes per output).
+    TAPS_MAX_KERNEL, TAPS_INPUTS_PER_PLANE = 25, 4
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, conv: Conv2d, relu: float | None,
                  dtype: torch.dtype, device: torch.device):
@@ -60,9 +63,10 @@ class FusedConv(nn.Module):
         self.dilation, self.groups = list(conv.dilation), conv.groups
         self.relu = relu  # None: no activation; otherwise the negative slope
         self.packed = _mkldnn_ok(device, dtype)
-        out, _, kh, kw = weight.shape
-        self.taps = (kh, kw) if (self.packed and out < self.TAPS_BELOW and kh * kw > 1 and self.groups == 1
-                                 and self.stride == [1, 1]) else None
+        out, inputs, kh, kw = weight.shape
+        self.taps = (kh, kw) if (self.packed and out < self.TAPS_BELOW and 1 < kh * kw <= self.TAPS_MAX_KERNEL
+                                 and inputs >= self.TAPS_INPUTS_PER_PLANE * out * kh * kw
+                                 and self.groups == 1 and self.stride == [1, 1]) else None
         if self.taps is not None:  # tap-major: channel (i * kw + j) * out + o holds w[o, :, i, j]
             weight = weight.permute(2, 3, 0, 1).reshape(kh * kw * out, -1, 1, 1)
         self.register_buffer("weight", weight.to(device, dtype).contiguous(memory_format=torch.channels_last))
@@ -152,7 +156,8 @@ def _is_conv(module) -> bool:
 def _residual(gm: fx.GraphModule, node: fx.Node, ends: dict[fx.Node, fx.Node]) -> tuple[fx.Node, fx.Node,
                                                                                           list[fx.Node]] | None:
     """For an Eltwise SUM of two blobs where one is a folded convolution's value used only here (ResNet's
-    shortcut join): (that convolution, the other blob, the nodes fused: the Eltwise and a ReLU after it)."""
+    shortcut join): (that convolution, the other blob, the nodes fused: the Eltwise and a plain ReLU after it;
+    a leaky one stays a layer of its own)."""
     module = gm.get_submodule(node.target)
     if not isinstance(module, Eltwise) or module.op != "SUM" or len(node.args) != 2 or set(module.coeffs) != {1.0}:
         return None
@@ -161,7 +166,8 @@ def _residual(gm: fx.GraphModule, node: fx.Node, ends: dict[fx.Node, fx.Node]) -
         if conv is not None and len(mine.users) == 1 and other is not mine:
             fused = [node]
             user = _only_user(node)
-            if user is not None and isinstance(gm.get_submodule(user.target), ReLU):
+            relu = gm.get_submodule(user.target) if user is not None else None
+            if isinstance(relu, ReLU) and relu.negative_slope == 0:  # oneDNN's add post-op takes a plain ReLU
                 fused.append(user)
             return conv, other, fused
     return None

@@ -17,10 +17,12 @@ and only if you trust it.
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,8 @@ RECORD_NAME = "protoseg.json"
 #: Largest record read (the ResNet-101 MSC prototxt is about 0.5 MB).
 MAX_RECORD = 64 * 2**20
 MAX_MEMBERS = 100_000
+#: Largest recorded pad_to side (an image side protoseg pads to).
+MAX_PAD = 65536
 #: torch.export's serialized ScalarType codes of the float types a converted net may be stored in.
 _DTYPES = {7: "<f4", 6: "<f2", 13: "bfloat16"}
 
@@ -65,12 +69,12 @@ def record(net, netparam, owners: dict[str, tuple[str, int]], preprocess: dict |
 
 
 def read(path: str | os.PathLike) -> Pt2Model:
-    """A ``.pt2`` written by ``protoseg convert``, as protoseg's own graph; nothing in the file is executed."""
+    """A ``.pt2`` written by ``protoseg convert``, as protoseg's own graph; nothing in the file is executed.
+
+    The net is rebuilt from the record first, so every payload read is one the net owns, of the size its
+    layer needs: a file cannot make protoseg read, inflate or allocate more than the net it describes.
+    """
     from protoseg.graph import to_graph
-    from protoseg.io.prototxt import parse_prototxt
-    from protoseg.io.upgrade import filter_net, upgrade_net
-    from protoseg.ir import build_net
-    from protoseg.layers.base import product
 
     path = Path(path)
     if not path.is_file():
@@ -90,9 +94,20 @@ def read(path: str | os.PathLike) -> Pt2Model:
             root = rec_name[: -len("/extra/" + RECORD_NAME)]
             rec = _json(path, zf, names[rec_name])
             config = _json(path, zf, names.get(f"{root}/data/weights/model_weights_config.json"))
-            arrays = _weights(path, f, zf, names, root, rec, config)
-    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError, ValueError) as e:
+            net, preprocess, precision = _interpret(path, rec)
+            blobs = _weights(path, f, zf, names, root, net, rec, config)
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError, ValueError,
+            zlib.error) as e:
         raise FormatError(f"{path}: cannot be read as a .pt2 archive ({type(e).__name__}: {e})") from None
+    return Pt2Model(net, to_graph(net, blobs), preprocess, precision)
+
+
+def _interpret(path: Path, rec: dict):
+    """The net, preprocessing and precision a record describes, each checked."""
+    from protoseg.io.prototxt import parse_prototxt
+    from protoseg.io.upgrade import filter_net, upgrade_net
+    from protoseg.ir import build_net
+
     if rec.get("protoseg") != RECORD_VERSION:
         raise FormatError(f"{path}: record version {quote(rec.get('protoseg'))}; this protoseg reads version "
                           f"{RECORD_VERSION}: convert the net again")
@@ -101,22 +116,35 @@ def read(path: str | os.PathLike) -> Pt2Model:
         inputs = {str(k): tuple(int(d) for d in v) for k, v in dict(rec["inputs"]).items()}
         net = build_net(netparam, inputs, [str(o) for o in rec["outputs"]], fork=str(rec["fork"]),
                         source=f"{path}:{RECORD_NAME}")
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError) as e:
         raise FormatError(f"{path}: its {RECORD_NAME} record is malformed ({type(e).__name__}: {e})") from None
-    blobs: dict[str, list] = {}
-    for layer in net.layers:
-        for i, owner in enumerate(layer.owners):
-            if owner == (layer.name, i):
-                if owner not in arrays or arrays[owner].size != product(layer.blob_shapes[i]):
-                    raise FormatError(f"{path}: no weight of the right size for blob {i} of layer "
-                                      f"{quote(layer.name)}")
-                blobs.setdefault(layer.name, [None] * len(layer.blob_shapes))[i] = \
-                    arrays[owner].reshape(layer.blob_shapes[i])
-    preprocess = rec.get("preprocess")
     precision = rec.get("precision", "fp32")
     if precision not in ("fp32", "bf16", "fp16"):
         raise FormatError(f"{path}: recorded precision {quote(precision)} is none of fp32, bf16, fp16")
-    return Pt2Model(net, to_graph(net, blobs), preprocess if isinstance(preprocess, dict) else None, precision)
+    return net, _preprocess(path, rec.get("preprocess")), precision
+
+
+def _preprocess(path: Path, value) -> dict | None:
+    """The recorded preprocessing, or None; values that could not have been written by convert are refused."""
+    if value is None:
+        return None
+    bad = FormatError(f"{path}: its recorded preprocessing {quote(value)} is malformed; convert the net again")
+    if not isinstance(value, dict):
+        raise bad
+    mean, scale, pad_to, bgr = (value.get(k) for k in ("mean", "scale", "pad_to", "bgr"))
+    numbers = mean if isinstance(mean, list) else [mean] if mean is not None else []
+    if len(numbers) > 4 or not all(_finite(v) for v in [*numbers, *([scale] if scale is not None else [])]):
+        raise bad
+    if pad_to is not None and not (isinstance(pad_to, list) and len(pad_to) == 2 and all(
+            isinstance(d, int) and not isinstance(d, bool) and 0 < d <= MAX_PAD for d in pad_to)):
+        raise bad
+    if bgr is not None and not isinstance(bgr, bool):
+        raise bad
+    return value
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _json(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo | None) -> dict:
@@ -133,42 +161,68 @@ def _json(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo | None) -> dict
     return value
 
 
-def _weights(path: Path, f, zf: zipfile.ZipFile, names: dict[str, zipfile.ZipInfo], root: str, rec: dict,
-             config: dict) -> dict[tuple[str, int], np.ndarray]:
-    """Each recorded parameter's float32 values, mapped from the file where stored uncompressed."""
+def _weights(path: Path, f, zf: zipfile.ZipFile, names: dict[str, zipfile.ZipInfo], root: str, net, rec: dict,
+             config: dict) -> dict[str, list]:
+    """The net's own blobs, each read from the payload the record names for it, every member at most once."""
+    from protoseg.layers.base import product
+
     entries = config.get("config")
     params = rec.get("params")
     if not isinstance(entries, dict) or not isinstance(params, dict):
         raise FormatError(f"{path}: the weights config or the record's parameter table is malformed")
-    mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-    out: dict[tuple[str, int], np.ndarray] = {}
+    fqn_of: dict[tuple[str, int], str] = {}
     for fqn, owner in params.items():
-        meta = entries.get(fqn)
-        if not isinstance(meta, dict) or not isinstance(owner, list) or len(owner) != 2:
-            raise FormatError(f"{path}: parameter {quote(fqn)} is not in the archive's weights config")
-        tensor = meta.get("tensor_meta") or {}
-        sizes = [d.get("as_int") if isinstance(d, dict) else None for d in tensor.get("sizes", [])]
-        if (meta.get("use_pickle") is not False or tensor.get("dtype") not in _DTYPES
-                or not all(isinstance(d, int) and 0 <= d < 2**31 for d in sizes)):
-            raise FormatError(f"{path}: parameter {quote(fqn)} is not stored as plain float data; protoseg never "
-                              "unpickles")
-        member = names.get(f"{root}/data/weights/{meta.get('path_name')}")
-        if member is None:
-            raise FormatError(f"{path}: the payload of parameter {quote(fqn)} is missing")
-        count = int(np.prod(sizes, dtype=np.int64)) if sizes else 1
-        out[(str(owner[0]), int(owner[1]))] = _payload(path, mapped, zf, member, count, _DTYPES[tensor["dtype"]])
-    return out
+        if not (isinstance(owner, list) and len(owner) == 2 and isinstance(owner[0], str)
+                and isinstance(owner[1], int) and not isinstance(owner[1], bool)):
+            raise FormatError(f"{path}: the record's entry for parameter {quote(fqn)} is malformed")
+        fqn_of[(owner[0], owner[1])] = fqn
+    mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    used: set[str] = set()
+    blobs: dict[str, list] = {}
+    for layer in net.layers:
+        for i, owner in enumerate(layer.owners):
+            if owner != (layer.name, i):
+                continue  # a shared blob: read once, at its owner
+            where = f"blob {i} of layer {quote(layer.name)}"
+            fqn = fqn_of.get(owner)
+            meta = entries.get(fqn) if fqn is not None else None
+            if not isinstance(meta, dict):
+                raise FormatError(f"{path}: the archive stores no weight for {where}")
+            tensor = meta.get("tensor_meta")
+            tensor = tensor if isinstance(tensor, dict) else {}
+            dtype = tensor.get("dtype")
+            if meta.get("use_pickle") is not False or not isinstance(dtype, int) or dtype not in _DTYPES:
+                raise FormatError(f"{path}: the weight of {where} is not stored as plain float data; protoseg "
+                                  "never unpickles")
+            member = names.get(f"{root}/data/weights/{meta.get('path_name')}")
+            if member is None or member.filename in used:
+                raise FormatError(f"{path}: the payload of {where} is missing or shared with another weight")
+            used.add(member.filename)
+            count = product(layer.blob_shapes[i])
+            values = _payload(path, mapped, zf, member, count, _DTYPES[dtype])
+            blobs.setdefault(layer.name, [None] * len(layer.blob_shapes))[i] = values.reshape(layer.blob_shapes[i])
+    return blobs
 
 
 def _payload(path: Path, mapped: mmap.mmap, zf: zipfile.ZipFile, info: zipfile.ZipInfo, count: int,
              dtype: str) -> np.ndarray:
-    """``count`` values of ``dtype`` from a weight member, as float32 (bfloat16 widened bit by bit)."""
+    """``count`` values of ``dtype`` from a weight member, as float32 (bfloat16 widened bit by bit).
+
+    A member holding more bytes than the blob needs is refused, so a compressed one is inflated only as far
+    as the net's own size.
+    """
     size = 4 if dtype == "<f4" else 2
-    if count * size > info.file_size:
-        raise FormatError(f"{path}: {quote(info.filename)} holds {info.file_size:,} bytes, fewer than its "
-                          f"{count:,} values need")
+    raw = "<u2" if dtype == "bfloat16" else dtype
+    if info.file_size != count * size:
+        raise FormatError(f"{path}: {quote(info.filename)} holds {info.file_size:,} bytes; its {count:,} values "
+                          f"need {count * size:,}")
     if info.compress_type != zipfile.ZIP_STORED:
-        return _as_float32(np.frombuffer(zf.read(info), "<u2" if dtype == "bfloat16" else dtype, count), dtype)
+        data = bytearray(count * size)  # writable, as torch wants its parameters
+        with zf.open(info) as member:
+            got = member.readinto(data)
+        if got != len(data):
+            raise FormatError(f"{path}: {quote(info.filename)} ends early")
+        return _as_float32(np.frombuffer(data, raw, count), dtype)
     header = mapped[info.header_offset : info.header_offset + 30]
     if len(header) != 30 or header[:4] != b"PK\x03\x04":
         raise FormatError(f"{path}: bad local header for {quote(info.filename)}")
@@ -176,7 +230,7 @@ def _payload(path: Path, mapped: mmap.mmap, zf: zipfile.ZipFile, info: zipfile.Z
     start = info.header_offset + 30 + name_len + extra_len
     if start + count * size > len(mapped):
         raise FormatError(f"{path}: {quote(info.filename)} runs past the end of the file")
-    return _as_float32(np.frombuffer(mapped, "<u2" if dtype == "bfloat16" else dtype, count, start), dtype)
+    return _as_float32(np.frombuffer(mapped, raw, count, start), dtype)
 
 
 def _as_float32(values: np.ndarray, dtype: str) -> np.ndarray:

@@ -110,6 +110,9 @@ def _check_members(path: Path, zf: zipfile.ZipFile) -> None:
                                   "numpy.savez")
         if dtype.hasobject:
             raise FormatError(f"{path}: member {quote(info.filename)} holds Python objects; protoseg never unpickles")
+        if dtype.kind not in "fiub" or dtype.fields is not None:
+            raise FormatError(f"{path}: member {quote(info.filename)} has dtype {dtype}; a reference blob holds "
+                              "numbers (float, int or bool)")
         nbytes = math.prod(shape) * dtype.itemsize
         room = info.compress_size * (_DEFLATE_RATIO if info.compress_type else 1)
         if nbytes > min(info.file_size, room):

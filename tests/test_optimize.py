@@ -117,20 +117,44 @@ layer { name: "relu" type: "ReLU" bottom: "sum" top: "sum" }
 """
 
 
-def test_shortcut_join_fuses_into_a_convolution() -> None:
-    """ResNet's conv + shortcut + ReLU is one oneDNN call; the outputs stay the faithful graph's (a 3x3
-    convolution of few outputs takes the tap path, which adds the shortcut after it)."""
-    net = build_net(upgrade_net(parse_prototxt(RESIDUAL)))
+@pytest.mark.parametrize("slope", [0.0, 0.2])
+def test_shortcut_join_fuses_into_a_convolution(slope: float) -> None:
+    """ResNet's conv + shortcut + ReLU is one oneDNN call; the outputs stay the faithful graph's. A leaky
+    ReLU after the join stays a layer of its own."""
+    relu = 'type: "ReLU" bottom: "sum" top: "sum"'
+    text = RESIDUAL.replace(relu, f"{relu} relu_param {{ negative_slope: {slope} }}")
+    net = build_net(upgrade_net(parse_prototxt(text)))
     rng = np.random.default_rng(1)
     blobs = {layer.name: [rng.standard_normal(s).astype(np.float32) for s in layer.blob_shapes]
              for layer in net.layers if layer.blob_shapes}
     blobs["bn"][1], blobs["bn"][2] = np.abs(blobs["bn"][1]) + 1, np.ones(1, np.float32)
     gm = to_graph(net, blobs)
     fast = optimize(gm)
-    assert [type(m).__name__ for _, m in fast.named_children()] == ["FusedConv", "FusedConv"]
+    assert [type(m).__name__ for _, m in fast.named_children()] == ["FusedConv", "FusedConv"] + (
+        ["ReLU"] if slope else [])
     x = torch.randn(1, 8, 7, 7)
     with torch.no_grad():
         torch.testing.assert_close(fast(x), gm(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("inputs, outputs, kernel, taps", [
+    (256, 4, 3, True),  # DeepLab v2's ASPP heads: few outputs on many channels
+    (3, 4, 3, False),  # few inputs: k*k planes of partial sums would outweigh the convolution
+    (2048, 4, 7, False),  # a kernel beyond 5 x 5
+])
+def test_tap_path_only_where_it_pays(inputs: int, outputs: int, kernel: int, taps: bool) -> None:
+    text = (f'input: "data" input_shape {{ dim: 1 dim: {inputs} dim: 9 dim: 11 }}\n'
+            f'layer {{ name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param {{ '
+            f'num_output: {outputs} kernel_size: {kernel} pad: 2 dilation: 2 }} }}\n')
+    net = build_net(upgrade_net(parse_prototxt(text)))
+    rng = np.random.default_rng(2)
+    gm = to_graph(net, {"c": [rng.standard_normal(s).astype(np.float32) for s in net.layers[-1].blob_shapes]})
+    fast = optimize(gm)
+    conv = next(m for m in fast.modules() if isinstance(m, FusedConv))
+    assert (conv.taps is not None) == (taps and conv.packed)
+    x = torch.randn(1, inputs, 9, 11)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), gm(x), rtol=1e-4, atol=1e-3)
 
 
 @pytest.mark.parametrize("size", [(8, 8), (7, 9)])

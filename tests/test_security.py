@@ -16,7 +16,13 @@ import torch
 
 from fuzz.wire import varint  # an encoder of its own, not the writer under test
 from protoseg.cli import main
-from protoseg.errors import FormatError, LayerParamError, ParseError, ProtosegError, ShapeError
+from protoseg.errors import (
+    FormatError,
+    LayerParamError,
+    ParseError,
+    ProtosegError,
+    ShapeError,
+)
 from protoseg.graph import to_graph
 from protoseg.io.prototxt import parse_prototxt
 from protoseg.io.upgrade import upgrade_net
@@ -86,7 +92,7 @@ def test_py_export_writes_only_literals_and_identifiers(tmp_path: Path) -> None:
     assert "float('nan')" in source and "float('inf')" in source and "float('-inf')" in source
     sys.path.insert(0, str(tmp_path))
     try:
-        import net1  # noqa: PLC0415
+        import net1
 
         y = net1.load()(torch.zeros(1, 1, 3, 3))
     finally:
@@ -148,6 +154,74 @@ def test_pt2_pickles_are_never_loaded(tmp_path: Path) -> None:
 
         read(evil)
     assert not canary.exists()
+
+
+def _edit_record(pt2: Path, dst: Path, edit) -> Path:
+    def change(name: str, data: bytes) -> bytes:
+        if name.endswith("/extra/protoseg.json"):
+            rec = json.loads(data)
+            edit(rec)
+            return json.dumps(rec).encode()
+        return data
+
+    return _rewrite(pt2, dst, change)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: r.update(preprocess={"mean": [1e999, 0, 0]}), "preprocessing"),
+    (lambda r: r.update(preprocess={"mean": [0, 0, 0], "pad_to": [0, 10**12]}), "preprocessing"),
+    (lambda r: r.update(preprocess={"mean": [0, 0, 0], "bgr": "yes"}), "preprocessing"),
+    (lambda r: r.update(preprocess=[1, 2]), "preprocessing"),
+    (lambda r: r["inputs"].update({k: [10**30, 3, 8, 8] for k in r["inputs"]}), "more than the 2,147,483,647"),
+    (lambda r: r.update(inputs=[1, 2]), "malformed"),
+    (lambda r: r.update(params={k: "x" for k in r["params"]}), "malformed"),
+    (lambda r: r.update(params={}), "stores no weight"),
+    (lambda r: r.update(params={k: v for k, v in list(r["params"].items())[:1]} | {
+        "alias": list(r["params"].values())[1]} if len(r["params"]) > 1 else {}), "stores no weight"),
+])
+def test_malformed_pt2_records_are_format_errors(edit, message: str, tmp_path: Path) -> None:
+    from protoseg.pt2 import read
+
+    bad = _edit_record(_converted_pt2(tmp_path), tmp_path / "bad.pt2", edit)
+    with pytest.raises(ProtosegError, match=message):
+        read(bad)
+
+
+def test_pt2_payloads_are_read_once_and_only_as_far_as_the_net_needs(tmp_path: Path) -> None:
+    from protoseg.pt2 import read
+
+    pt2 = _converted_pt2(tmp_path)
+
+    def one_payload_for_all(name: str, data: bytes) -> bytes:
+        if name.endswith("model_weights_config.json"):
+            config = json.loads(data)
+            first = next(iter(config["config"].values()))["path_name"]
+            for entry in config["config"].values():
+                entry["path_name"] = first
+            return json.dumps(config).encode()
+        return data
+
+    with pytest.raises(FormatError, match="missing or shared"):
+        read(_rewrite(pt2, tmp_path / "shared.pt2", one_payload_for_all))
+
+    # a compressed payload declaring far more than its blob: refused before anything is inflated
+    bomb = tmp_path / "bomb.pt2"
+    with zipfile.ZipFile(pt2) as zin, zipfile.ZipFile(bomb, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            if "/data/weights/weight_" in info.filename:
+                zout.writestr(info.filename, b"\0" * (64 * 2**20), zipfile.ZIP_DEFLATED)
+            else:
+                zout.writestr(info.filename, data)
+    with pytest.raises(FormatError, match="holds 67,108,864 bytes"):
+        read(bomb)
+
+    # the same payloads deflated (and of the right size) still read
+    packed = tmp_path / "packed.pt2"
+    with zipfile.ZipFile(pt2) as zin, zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info))
+    assert read(packed).net.layers
 
 
 # -- bounded work and memory ---------------------------------------------------------------------------------------
@@ -223,6 +297,8 @@ def _hdf5(path: Path, build) -> Path:
     ("huge", "declares .* bytes but stores"),
     ("unallocated", "declares .* bytes but stores 0"),
     ("dtype", "has dtype int32"),
+    ("external_storage", "keeps its data in other files"),
+    ("virtual", "keeps its data in other files"),
 ])
 def test_hostile_hdf5(kind: str, message: str, tmp_path: Path) -> None:
     def build(data, f) -> None:
@@ -238,6 +314,14 @@ def test_hostile_hdf5(kind: str, message: str, tmp_path: Path) -> None:
             layer["0"][:100, :100] = 1.0
         elif kind == "unallocated":
             layer.create_dataset("0", shape=(40000, 40000), dtype=np.float32, chunks=(1000, 1000))
+        elif kind == "external_storage":  # raw bytes of another file, e.g. a key on the same disk
+            (tmp_path / "secret").write_bytes(b"\0" * 64)
+            layer.create_dataset("0", shape=(16,), dtype=np.float32, external=[(str(tmp_path / "secret"), 0, 64)])
+        elif kind == "virtual":
+            source = h5py.VirtualSource(str(tmp_path / "other.h5"), "x", shape=(4,), dtype=np.float32)
+            mapping = h5py.VirtualLayout(shape=(4,), dtype=np.float32)
+            mapping[:] = source
+            layer.create_virtual_dataset("0", mapping)
         else:
             layer.create_dataset("0", data=np.zeros(3, np.int32))
 
@@ -265,6 +349,17 @@ def test_npz_header_cannot_declare_terabytes(tmp_path: Path) -> None:
     assert main(["verify", str(prototxt), "-r", str(ref)]) == 2
 
 
+@pytest.mark.parametrize("array", [np.zeros(2, np.complex64), np.array(["abc"]), np.zeros(2, "f4,f4"),
+                                   np.zeros(2, "M8[s]")])
+def test_npz_reference_members_must_be_numbers(array: np.ndarray, tmp_path: Path, capsys) -> None:
+    ref = tmp_path / "ref.npz"
+    np.savez(ref, data=array)
+    prototxt = _prototxt(tmp_path, 'input: "data" input_shape { dim: 1 dim: 1 dim: 1 dim: 2 }\n'
+                                   'layer { name: "r" type: "ReLU" bottom: "data" top: "r" }\n')
+    assert main(["verify", str(prototxt), "-r", str(ref)]) == 2
+    assert "holds numbers" in capsys.readouterr().err
+
+
 def test_huge_pooling_kernel_and_stride_cost_nothing() -> None:
     text = ('input: "data" input_shape { dim: 1 dim: 1 dim: 6 dim: 6 }\n'
             'layer { name: "p" type: "Pooling" bottom: "data" top: "p" '
@@ -287,6 +382,32 @@ def test_mean_file_is_read_only_when_needed_and_only_a_regular_file(tmp_path: Pa
     assert from_netparam(netparam, mean=[1, 2, 3]).source == "--mean"
     with pytest.raises(FormatError, match="not a regular file"):
         from_netparam(netparam)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="no FIFOs here")
+def test_a_fifo_as_mean_file_does_not_hang(tmp_path: Path) -> None:
+    import os
+    import threading
+
+    from protoseg.run.preprocess import read_mean_file
+
+    fifo = tmp_path / "mean.binaryproto"
+    os.mkfifo(fifo)
+    raised: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            read_mean_file(fifo)
+        except BaseException as e:  # noqa: BLE001 - handed to the test thread
+            raised.append(e)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(20)
+    if reader.is_alive():  # unblock the open so the daemon thread ends
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("opening a FIFO mean_file blocked")
+    assert len(raised) == 1 and isinstance(raised[0], FormatError) and "not a regular file" in str(raised[0])
 
 
 def test_negative_mean_file_shape(tmp_path: Path) -> None:
@@ -370,6 +491,24 @@ def test_run_never_writes_through_a_planted_symlink(tmp_path: Path) -> None:
     assert not target.exists() and not (out / f"{image.stem}.png").is_symlink()
 
 
+def test_a_failed_write_leaves_the_old_file_and_nothing_else(tmp_path: Path) -> None:
+    from protoseg.io.atomic import write_file
+
+    target = tmp_path / "model.pt2"
+    target.write_text("old")
+
+    def fail(tmp: str) -> None:
+        assert Path(tmp).name == target.name  # written under its own name (torch.export records it)
+        Path(tmp).write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_file(target, fail)
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["model.pt2"]
+    write_file(target, lambda tmp: Path(tmp).write_text("new"))
+    assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["model.pt2"]
+
+
 def test_weights_never_come_from_another_file_through_hdf5_links(tmp_path: Path) -> None:
     other = tmp_path / "other.h5"
     write_weights(other, {"conv": [np.ones(3, np.float32)]}, format="hdf5")
@@ -410,12 +549,12 @@ def test_rank_checked_where_the_module_needs_four_axes() -> None:
 
 
 @pytest.mark.parametrize("text, message", [
-    ('input: "data" input_shape { dim: 2 dim: 0 dim: 9 dim: 7 }\n'
-     'layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param { num_output: 4 kernel_size: 3 } }\n',
+    (('input: "data" input_shape { dim: 2 dim: 0 dim: 9 dim: 7 }\n'
+     'layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param { num_output: 4 kernel_size: 3 } }\n'),
      "would have an empty axis"),
-    ('input: "data" input_shape { dim: 1 dim: 3 dim: 21 dim: 18 }\n'
+    (('input: "data" input_shape { dim: 1 dim: 3 dim: 21 dim: 18 }\n'
      'layer { name: "p" type: "Pooling" bottom: "data" top: "p" pooling_param { pool: MAX kernel_h: 3 kernel_w: 2 '
-     'stride_h: 2147483648 stride_w: 3 pad_h: 1 pad_w: 1 } }\n', "stride 2,147,483,648 is beyond any input"),
+     'stride_h: 2147483648 stride_w: 3 pad_h: 1 pad_w: 1 } }\n'), "stride 2,147,483,648 is beyond any input"),
 ], ids=["zero-channels", "stride-beyond-int32"])
 def test_sizes_torch_cannot_run_are_refused_at_build(text: str, message: str) -> None:
     with pytest.raises(ProtosegError, match=message):

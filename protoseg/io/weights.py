@@ -503,6 +503,9 @@ class _Hdf5Walk:
             raise FormatError(f"{where} has dtype {dtype}; Caffe blobs are float32 or float64")
         if len(shape) > MAX_AXES or math.prod(shape) > MAX_COUNT:
             raise FormatError(f"{where} declares shape {quote(shape)}, beyond Caffe's blob limits; the file is corrupt")
+        if dset.external or dset.is_virtual:  # raw bytes in, or a view of, other files
+            raise FormatError(f"{where} keeps its data in other files (HDF5 external or virtual storage); Caffe "
+                              "HDF5 weights hold their data themselves, so protoseg reads no other file")
         nbytes = math.prod(shape) * dtype.itemsize
         stored = dset.id.get_storage_size()
         offset = dset.id.get_offset()

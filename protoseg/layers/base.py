@@ -25,7 +25,7 @@ from protoseg import forks
 from protoseg.errors import LayerParamError, ProtosegError, ShapeError, layer_error, quote
 
 if TYPE_CHECKING:
-    from protoseg.coordmap import Maps
+    from protoseg.coordmap import Lineage, Maps
 
 Shape = tuple[int, ...]
 
@@ -99,17 +99,17 @@ def registered_types(fork: str | None = None) -> list[str]:
 class Bottoms(tuple):
     """A layer's bottom shapes, with a way to ask where each bottom comes from (for Crop's offsets).
 
-    ``ancestry(i)`` maps every blob that bottom ``i`` descends from through spatial layers to the affine
-    coordinate map from bottom ``i`` to it (see :mod:`protoseg.coordmap`); empty where nothing is known.
+    ``lineage(i)`` is bottom ``i``'s root blob and the affine coordinate map from the bottom to it (see
+    :mod:`protoseg.coordmap`); None where nothing is known.
     """
 
-    def __new__(cls, shapes: Iterable[Shape], ancestry: Callable[[int], dict[str, Maps]] | None = None):
+    def __new__(cls, shapes: Iterable[Shape], lineage: Callable[[int], Lineage] | None = None):
         self = super().__new__(cls, (tuple(s) for s in shapes))
-        self._ancestry = ancestry
+        self._lineage = lineage
         return self
 
-    def ancestry(self, index: int) -> dict[str, Maps]:
-        return self._ancestry(index) if self._ancestry is not None else {}
+    def lineage(self, index: int) -> Lineage | None:
+        return self._lineage(index) if self._lineage is not None else None
 
 
 class Converter:

@@ -3,8 +3,8 @@
 ``offset`` holds nothing (0 everywhere), one value for every cropped axis, or one per cropped axis. The 2016
 FCN files (and HED's, CRF-as-RNN's, DeconvNet's) give no ``crop_param`` at all: the Caffe of that time inferred
 the offsets from the coordinate mapping between the two bottoms; :func:`protoseg.coordmap.crop_offsets` does
-that from the bottoms' ancestry. Where they share no ancestor (two independent inputs), the offset is 0, as in
-BVLC Caffe.
+that from the bottoms' lineages. Where they descend from different roots (two independent inputs), the offset
+is 0, as in BVLC Caffe.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class CropConverter(Converter):
             raise self.shape_error(f"bottoms have different ranks: {big} and {ref}")
         ndim = len(big)
         if self.parameterless:
-            inferred = crop_offsets(shapes.ancestry(0), shapes.ancestry(1))
+            inferred = crop_offsets(shapes.lineage(0), shapes.lineage(1))
             if inferred is not None and ndim == 4:
                 return 2, tuple(inferred)
         axis = self.axis(self.raw_axis, ndim)

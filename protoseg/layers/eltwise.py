@@ -49,8 +49,11 @@ class EltwiseConverter(Converter):
         p = self.param.eltwise_param
         self.op = type(p).EltwiseOp.Name(p.operation)
         n = len(self.param.bottom)
-        if p.coeff and (self.op != "SUM" or len(p.coeff) != n):
-            raise self.error(f"coeff needs one value per bottom ({n}) and operation SUM; got {len(p.coeff)}")
+        # Caffe's two checks: PROD takes no coeff, and coeff gives one value per bottom (MAX ignores them)
+        if p.coeff and self.op == "PROD":
+            raise self.error("operation PROD takes no coeff (Caffe refuses them)")
+        if p.coeff and len(p.coeff) != n:
+            raise self.error(f"coeff needs one value per bottom ({n}); got {len(p.coeff)}")
         self.coeffs = tuple(p.coeff) if p.coeff else (1.0,) * n
 
     def infer(self, shapes: Bottoms) -> list[Shape]:

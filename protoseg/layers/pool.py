@@ -1,11 +1,13 @@
 """Pooling with Caffe's arithmetic: ceil rounding, the last-window clip, the AVE divisor, and the MAX mask top.
 
 Caffe sizes the output as ``ceil((H + 2p - k) / s) + 1``, then drops the last window when it would start in
-the right padding (only when ``p > 0``). MAX takes the largest input pixel of each window (windows are clipped
-to the input; one with no pixel gives ``-FLT_MAX``); AVE sums the window's input pixels and divides by the
+the right padding (only when the layer pads on either axis: Caffe tests ``pad_h || pad_w``). MAX takes the largest input pixel of each window (windows are clipped
+to the input; one with no pixel gives the float type's lowest value, ``-FLT_MAX`` in float32); AVE sums the window's input pixels and divides by the
 window clipped to ``H + p`` (padding counts, the overhang beyond it does not; an empty window gives 0 / 0).
 A MAX layer may have a second top, the mask: for each output the flat index ``h * W + w`` of its maximum in
-the input plane, first maximum in raster order, as float (BVLC Caffe; SegNet's Upsample scatters by it).
+the input plane, first maximum in raster order, as float (BVLC Caffe; SegNet's Upsample scatters by it). The
+mask stays float32 (float64 beside float64 data) when the net runs in bf16 or fp16, which cannot hold indices
+past 256 or 2048 exactly.
 
 torch's ``ceil_mode`` pooling computes exactly this when ``p <= k / 2`` and the last-window rules agree; any
 other kernel, stride and pad that Caffe accepts takes the general path: each axis in turn, a gather of every
@@ -24,20 +26,27 @@ from torch import nn
 
 from protoseg.layers.base import Bottoms, Converter, Shape, register
 
-FLT_MAX = torch.finfo(torch.float32).max
+def caffe_pool_size(size, kernel: int, pad: int, stride: int, clip: bool):
+    """Caffe's PoolingLayer::Reshape output size along one axis (integer arithmetic: exact for any size).
 
-
-def caffe_pool_size(size, kernel: int, pad: int, stride: int):
-    """Caffe's PoolingLayer::Reshape output size along one axis (integer arithmetic: exact for any size)."""
+    ``clip``: the layer pads on some axis, so Caffe drops a last window starting past ``size + pad``.
+    """
     out = -(-(size + 2 * pad - kernel) // stride) + 1
-    if pad and (out - 1) * stride >= size + pad:
+    if clip and (out - 1) * stride >= size + pad:
         out = out - 1
     return out
 
 
-def torch_exact(kernel: int, stride: int, pad: int) -> bool:
-    """torch's ceil_mode pooling equals Caffe's when pad <= k/2 and the dropped-window rules agree."""
-    return 2 * pad <= kernel and (pad > 0 or stride <= kernel)
+def torch_exact(kernel: int, stride: int, pad: int, clip: bool) -> bool:
+    """torch's ceil_mode pooling equals Caffe's when pad <= k/2 and the dropped-window rules agree (torch
+    always drops a window starting past the padded input; Caffe only when ``clip``, and without it such a
+    window can only arise when the stride exceeds the kernel)."""
+    return 2 * pad <= kernel and (clip or stride <= kernel)
+
+
+def mask_dtype(x: torch.Tensor) -> torch.dtype:
+    """The mask's float type: exact for any index a Caffe blob can hold, whatever ``x`` runs in."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def _windows(size, out, k: int, s: int, p: int, device):
@@ -93,24 +102,26 @@ class Pool2d(nn.Module):
                 return F.avg_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=True, count_include_pad=True)
             if self.with_mask:
                 y, index = F.max_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=True, return_indices=True)
-                return y, index.to(x.dtype)
+                return y, index.to(mask_dtype(x))
             return F.max_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=True)
         return self._general(x)
 
     def _general(self, x: torch.Tensor):
         h, w = x.shape[-2], x.shape[-1]
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.pad
-        lo_h, n_h, div_h = _windows(h, caffe_pool_size(h, kh, ph, sh), kh, sh, ph, x.device)
-        lo_w, n_w, div_w = _windows(w, caffe_pool_size(w, kw, pw, sw), kw, sw, pw, x.device)
+        clip = ph > 0 or pw > 0
+        lo_h, n_h, div_h = _windows(h, caffe_pool_size(h, kh, ph, sh, clip), kh, sh, ph, x.device)
+        lo_w, n_w, div_w = _windows(w, caffe_pool_size(w, kw, pw, sw, clip), kw, sw, pw, x.device)
         rows, valid_w = _gather(x, 3, lo_w, n_w, kw)  # N, C, H, out_w, width
         if self.mode == "AVE":
             sums = torch.where(valid_w, rows, 0).sum(-1)  # N, C, H, out_w
             cols, valid_h = _gather(sums, 2, lo_h, n_h, kh)  # N, C, out_w, out_h, width
             total = torch.where(valid_h, cols, 0).sum(-1).transpose(-1, -2)
             return total / (div_h[:, None] * div_w[None, :]).to(x.dtype)
-        row_max, col = torch.where(valid_w, rows, -FLT_MAX).max(-1)  # first maximum of each row window
+        lowest = torch.finfo(x.dtype).min  # Caffe's -FLT_MAX (-DBL_MAX in a double net)
+        row_max, col = torch.where(valid_w, rows, lowest).max(-1)  # first maximum of each row window
         cols, valid_h = _gather(row_max, 2, lo_h, n_h, kh)
-        y, pick = torch.where(valid_h, cols, -FLT_MAX).max(-1)  # first row holding the maximum
+        y, pick = torch.where(valid_h, cols, lowest).max(-1)  # first row holding the maximum
         y = y.transpose(-1, -2)
         if not self.with_mask:
             return y
@@ -118,7 +129,7 @@ class Pool2d(nn.Module):
         col_in_row = (lo_w[None, :] + col.gather(2, row)).clamp(max=w - 1)
         empty = (n_h[:, None] == 0) | (n_w[None, :] == 0)
         mask = torch.where(empty, -1, row * w + col_in_row)  # Caffe leaves -1 where a window is empty
-        return y, mask.to(x.dtype)
+        return y, mask.to(mask_dtype(x))
 
     def fast(self) -> nn.Module:
         """The module the fast graph runs instead (:mod:`protoseg.optimize`): the same values."""
@@ -144,7 +155,7 @@ class TiledMaxPool(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         (kh, kw), (h, w) = self.kernel, x.shape[-2:]
-        oh, ow = caffe_pool_size(h, kh, 0, kh), caffe_pool_size(w, kw, 0, kw)
+        oh, ow = caffe_pool_size(h, kh, 0, kh, False), caffe_pool_size(w, kw, 0, kw, False)
         n, c = x.shape[:2]
         if oh * kh != h or ow * kw != w:  # a partial last window: padding would cost more than it saves
             return F.max_pool2d(x, self.kernel, self.kernel, 0, ceil_mode=True)
@@ -175,7 +186,7 @@ class GlobalPool2d(nn.Module):
         if not self.with_mask:
             return x.amax(dim=(2, 3), keepdim=True)
         y, index = x.flatten(2).max(-1, keepdim=True)
-        return y[..., None], index[..., None].to(x.dtype)
+        return y[..., None], index[..., None].to(mask_dtype(x))
 
     def extra_repr(self) -> str:
         return f"{self.mode}, global" + (", mask" if self.with_mask else "")
@@ -217,7 +228,9 @@ class Pooling(Converter):
         if self.global_pooling:
             out = (n, c, 1, 1)
         else:
-            size = [caffe_pool_size(s, k, p, st) for s, k, p, st in zip((h, w), self.kernel, self.pad, self.stride)]
+            clip = any(self.pad)
+            size = [caffe_pool_size(s, k, p, st, clip) for s, k, p, st in zip((h, w), self.kernel, self.pad,
+                                                                                self.stride)]
             if min(size) <= 0:
                 raise self.shape_error(f"input {h} x {w} is smaller than the kernel {self.kernel}")
             out = (n, c, *size)
@@ -234,5 +247,6 @@ class Pooling(Converter):
     def module(self, shapes: Bottoms, blobs: list) -> nn.Module:
         if self.global_pooling:
             return GlobalPool2d(self.mode, self.with_mask)
-        exact = all(torch_exact(k, s, p) for k, s, p in zip(self.kernel, self.stride, self.pad))
+        clip = any(self.pad)
+        exact = all(torch_exact(k, s, p, clip) for k, s, p in zip(self.kernel, self.stride, self.pad))
         return Pool2d(self.mode, self.kernel, self.stride, self.pad, exact, self.with_mask)

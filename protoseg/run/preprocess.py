@@ -129,7 +129,8 @@ def read_mean_file(path: str | os.PathLike[str]) -> np.ndarray:
 
     path = Path(path)
     try:
-        with open(path, "rb") as f:
+        # non-blocking, so a FIFO planted as the mean_file cannot hang the open; fstat then refuses it
+        with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as f:
             info = os.fstat(f.fileno())
             if not stat.S_ISREG(info.st_mode):
                 raise FormatError(f"{path}: the mean_file is not a regular file; give a .binaryproto file, or "

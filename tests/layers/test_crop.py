@@ -60,6 +60,41 @@ def test_parameterless_crop_infers_offsets_from_the_coordinate_map(layers, offse
     np.testing.assert_array_equal(out["y"], out["big"][:, :, offset:offset + 11, offset:offset + 12])
 
 
+def test_each_layers_coordinate_map_is_asked_once(monkeypatch) -> None:
+    """A deep chain with a parameterless Crop after every layer costs one map per layer, not one walk to the
+    input per Crop (which was quadratic in depth)."""
+    from protoseg.layers.base import Converter
+
+    calls = []
+    plain = Converter.coord_map
+    monkeypatch.setattr(Converter, "coord_map", lambda self, shapes: calls.append(self.name) or plain(self, shapes))
+    depth = 300
+    text = inputs_text({"data": (1, 1, 6, 6)})
+    for i in range(depth):
+        text += layer_text("ReLU", "", (f"r{i - 1}" if i else "data",), (f"r{i}",), name=f"r{i}")
+        text += layer_text("Crop", "", (f"r{i}", "data"), (f"c{i}",), name=f"c{i}")
+    build(text, outputs=[f"c{i}" for i in range(depth)])
+    assert len(calls) == len(set(calls)) <= depth
+
+
+def test_maps_whose_numbers_explode_start_a_new_root() -> None:
+    """Strides multiplying past 2**62 align nothing: the blob becomes a root rather than carry ever larger
+    numbers down a deep net."""
+    from fractions import Fraction
+
+    from protoseg.coordmap import IDENTITY, Lineages
+
+    lineages = Lineages()
+    stride = ((Fraction(2**31), Fraction(0)), (Fraction(1), Fraction(0)))
+    for i in range(1000):
+        lineages.add(f"b{i}", lambda: stride, f"b{i - 1}" if i else "data")
+    assert lineages("b0") == ("data", stride)
+    assert lineages("b1")[0] == "data" and lineages("b1")[1][0][0] == 2**62
+    assert lineages("b2") == ("b2", IDENTITY)  # 2**93: a new root
+    root, maps = lineages("b999")
+    assert max(abs(t.numerator) for axis in maps for t in axis) <= 2**62 and root != "data"
+
+
 def test_parameterless_crop_of_unrelated_inputs_is_at_zero_silently() -> None:
     a, b = rand(1, 2, 7, 8), rand(1, 2, 4, 5, seed=1)
     with warnings.catch_warnings():

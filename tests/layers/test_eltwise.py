@@ -35,6 +35,7 @@ def caffe_eltwise(xs, op: str, coeffs=None):
     pytest.param("PROD", None, 3, SHAPE, id="prod"),
     pytest.param("MAX", None, 3, SHAPE, id="max"),
     pytest.param("MAX", None, 2, (4, 7), id="max-2-d"),
+    pytest.param("MAX", [3.0, -2.0], 2, SHAPE, id="max-ignores-coeff"),
 ])
 def test_eltwise(op: str, coeffs, count: int, shape) -> None:
     xs = [rand(*shape, seed=i) for i in range(count)]
@@ -108,7 +109,7 @@ def test_split_copies_the_bottom_to_every_top() -> None:
 
 @pytest.mark.parametrize("type_, params, shapes, tops, error, match", [
     pytest.param("Eltwise", "eltwise_param { operation: PROD coeff: 1 coeff: 2 }", [SHAPE] * 2, 1, LayerParamError,
-                 "operation SUM", id="coeff-with-prod"),
+                 "PROD takes no coeff", id="coeff-with-prod"),
     pytest.param("Eltwise", "eltwise_param { coeff: 1 }", [SHAPE] * 2, 1, LayerParamError,
                  "one value per bottom \\(2\\)", id="coeff-count"),
     pytest.param("Eltwise", "", [SHAPE], 1, LayerParamError, "takes 2 or more bottom", id="one-bottom"),
