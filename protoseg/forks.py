@@ -43,6 +43,8 @@ FORKS: dict[str, Fork] = {f.name: f for f in (
     Fork("deconvnet", "DeconvNet's Caffe", (BVLC,), "HyeonwooNoh/caffe", "DeconvNet"),
     Fork("crfasrnn", "CRF-as-RNN's Caffe", (BVLC,), "torrvision/caffe", "CRF-as-RNN"),
     Fork("nvcaffe", "NVCaffe", (BVLC,), "NVIDIA/caffe", "NVCaffe-style nets (e.g. Xilinx's ENet, ESPNet, FPN, UNet)"),
+    Fork("xilinx", "caffe-xilinx", ("nvcaffe", BVLC), "Xilinx/Vitis-AI (AI-Model-Zoo/caffe-xilinx)",
+         "the Vitis AI model zoo's Caffe nets (FPN, ENet, ESPNet, UNet...)"),
     Fork("hed", "HED's Caffe", (BVLC,), "s9xie/hed", "HED"),
 )}
 

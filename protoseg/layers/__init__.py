@@ -18,6 +18,7 @@ from protoseg.layers import (  # noqa: F401  (registration happens on import)
     pspnet,
     python,
     segnet,
+    xilinx,
 )
 from protoseg.layers.base import Bottoms, Converter, Shape, converter_for, register, registered_types
 

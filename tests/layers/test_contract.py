@@ -66,6 +66,7 @@ CASES: dict[str, Compute | Data | Pruned] = {
     "DenseCRF": Compute("dense_crf_param { max_iter: 2 pos_w: 3 pos_xy_std: 3 bi_w: 5 bi_xy_std: 20 bi_rgb_std: 10 }",
                         {"scores": (1, 3, 6, 8), "data_dim": (1, 1, 1, 2), "image": (1, 3, 6, 8)},
                         {"scores": (1, 3, 5, 4), "data_dim": (1, 1, 1, 2), "image": (1, 3, 5, 4)}),
+    "DeephiResize": Compute("deephi_resize_param { resize_type: BILINEAR scale_h: 2 scale_w: 1.5 }"),
     "Dropout": Compute("dropout_param { dropout_ratio: 0.3 }"),
     "Eltwise": Compute("eltwise_param { operation: SUM coeff: 2 coeff: -1 }", TWO_IMAGES,
                        {"a": (1, 3, 4, 9), "b": (1, 3, 4, 9)}),
