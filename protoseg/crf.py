@@ -291,12 +291,18 @@ def _region(data_dim: Tensor | None, n: int, height: int, width: int) -> list[tu
     return out
 
 
+#: Most mean-field iterations a CRF layer may ask for: the releases use 5 to 10 (mean field converges in a few),
+#: and a count of billions would only turn a file into a hang.
+MAX_ITERATIONS = 1000
+
+
 @torch.no_grad()
 def check_params(max_iter, pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std) -> tuple[list, list]:
     """Validate a ``dense_crf_param`` set (the layer checks it when the net is built, :func:`dense_crf` again):
     the positional kernels ``[(w, xy_std)]`` and the bilateral ones ``[(w, xy_std, rgb_std)]``."""
-    if int(max_iter) != max_iter or max_iter < 0:
-        raise LayerParamError(f"dense_crf: max_iter must be an integer >= 0, got {max_iter!r}")
+    if int(max_iter) != max_iter or not 0 <= max_iter <= MAX_ITERATIONS:
+        raise LayerParamError(f"dense_crf: max_iter must be an integer from 0 to {MAX_ITERATIONS:,}, got "
+                              f"{max_iter!r} (the releases use 10)")
     pos_lists = [_as_list("pos_w", pos_w), _as_list("pos_xy_std", pos_xy_std)]
     if len(pos_lists[0]) != len(pos_lists[1]):
         raise LayerParamError(

@@ -454,6 +454,8 @@ def test_dense_crf_parameters_are_checked_when_the_net_is_built() -> None:
             'dense_crf_param { max_iter: 2 pos_w: 3 pos_xy_std: 0 } }\n')
     with pytest.raises(LayerParamError, match=r"layer 'crf' \(DenseCRF\): pos_xy_std must be > 0"):
         _net(text)
+    with pytest.raises(LayerParamError, match=r"max_iter must be an integer from 0 to 1,000"):
+        _net(text.replace("max_iter: 2 pos_w: 3 pos_xy_std: 0", "max_iter: 2147483647 pos_w: 3 pos_xy_std: 3"))
 
 
 def test_errors_name_file_line_and_layer_and_stay_short(tmp_path: Path, capsys) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from protoseg.crf import MAX_ITERATIONS
 from protoseg.layers.base import Bottoms, Converter, Shape, register
 
 
@@ -70,6 +71,9 @@ class MultiStageMeanfieldConverter(Converter):
         self.thetas = (p.theta_alpha, p.theta_beta, p.theta_gamma)
         if self.iterations <= 1:
             raise self.error(f"num_iterations {self.iterations} must be greater than 1 (CRF-as-RNN's check)")
+        if self.iterations > MAX_ITERATIONS:
+            raise self.error(f"num_iterations {self.iterations:,} is more than {MAX_ITERATIONS:,} (the release uses 5 "
+                             "at test time); mean field converges in a few")
         if not all(t > 0 for t in self.thetas):
             raise self.error(f"theta_alpha, theta_beta and theta_gamma must be > 0, got {self.thetas}")
 

@@ -70,6 +70,7 @@ def test_meanfield(iterations: int, thetas, shape) -> None:
 
 @pytest.mark.parametrize("params, shapes, error, match", [
     pytest.param("num_iterations: 1", None, LayerParamError, "must be greater than 1", id="one-iteration"),
+    pytest.param("num_iterations: 2147483647", None, LayerParamError, "more than 1,000", id="billions-of-iterations"),
     pytest.param("num_iterations: 2 theta_alpha: 0", None, LayerParamError, "must be > 0", id="zero-theta"),
     pytest.param("num_iterations: 2", {"image": (1, 1, 4, 4)}, ShapeError, "must be N x 3 x H x W",
                  id="grey-image"),
