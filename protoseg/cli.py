@@ -158,7 +158,8 @@ def convert(prototxt: Path, weights: Path, output: Path | None, fmt: str, define
 
 def _segmenter(spec: Sequence[str], weights: Path | None, *, defines, mean: str | None, crf: str | None,
                device: str, samples: int = 1, seed: int = 0, fork: str | None = None,
-               precision: str = "fp32") -> tuple[object, list[str]]:
+               precision: str = "fp32", blob: str | None = None, threshold: float = 0.5
+               ) -> tuple[object, list[str]]:
     """Open ``MODEL | NET.prototxt WEIGHTS`` from the head of ``spec``; returns it and the rest of ``spec``."""
     from protoseg import zoo
     from protoseg.run.predict import Segmenter
@@ -168,7 +169,9 @@ def _segmenter(spec: Sequence[str], weights: Path | None, *, defines, mean: str 
         raise ProtosegError("give a model: a converted .pt2 file, NET.prototxt WEIGHTS, or a zoo name with --weights")
     first, rest = spec[0], list(spec[1:])
     means = parse_mean(mean) if mean is not None else None
-    common = dict(crf=crf, device=device, samples=samples, seed=seed, precision=precision)
+    common = dict(crf=crf, device=device, samples=samples, seed=seed, precision=precision, threshold=threshold)
+    if blob is not None:
+        common["output"] = blob
     if first.lower().endswith(".pt2"):
         if weights is not None:
             raise ProtosegError(f"{first}: a .pt2 file holds its own weights; drop --weights")
@@ -206,6 +209,10 @@ model_options = [
     click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
                  help="Arithmetic of the forward pass: fp32 as Caffe; bf16 uses AVX512-BF16/AMX where the CPU has "
                  "them; fp16/bf16 on CUDA."),
+    click.option("--blob", metavar="NAME", help="The output blob to read (default: the zoo entry's, else the "
+                 "net's last N x C x H x W output)."),
+    click.option("--threshold", type=float, default=0.5, show_default=True,
+                 help="For a one-channel output (HED edges, a Sigmoid probability): label 1 above this value."),
     fork_option,
 ]
 
@@ -226,9 +233,10 @@ def _with_model_options(fn):
 @click.option("--save-scores", is_flag=True, help="Also write each image's C x H x W scores as NAME_scores.npy.")
 @click.option("--force", is_flag=True, help="Overwrite existing result files.")
 def run(args, out_dir: Path, weights, defines, mean, batch_size: int, workers: int, crf, device: str, samples: int,
-        seed: int, precision: str, fork: str | None, palette: str, save_scores: bool, force: bool) -> None:
-    """Segment images: NAME.png (palette labels), NAME_overlay.jpg, and optionally scores, CRF labels and (with
-    --samples) an uncertainty map.
+        seed: int, precision: str, blob: str | None, threshold: float, fork: str | None, palette: str,
+        save_scores: bool, force: bool) -> None:
+    """Segment images: NAME.png (palette labels; for a one-channel output the map itself, in grey),
+    NAME_overlay.jpg, and optionally scores, CRF labels and (with --samples) an uncertainty map.
 
     MODEL is a .pt2 written by 'protoseg convert', or a zoo name with --weights. Under torchrun
     (torchrun --nproc-per-node N -m protoseg run ...) each process takes every N-th image.
@@ -239,7 +247,7 @@ def run(args, out_dir: Path, weights, defines, mean, batch_size: int, workers: i
 
     world = join(device)
     seg, rest = _segmenter(args, weights, defines=defines, mean=mean, crf=crf, device=device, samples=samples,
-                           seed=seed, fork=fork, precision=precision)
+                           seed=seed, fork=fork, precision=precision, blob=blob, threshold=threshold)
     if not rest:
         raise ProtosegError("give at least one image file or folder after the model")
     images = world.shard(collect_images(rest))
@@ -266,7 +274,8 @@ def run(args, out_dir: Path, weights, defines, mean, batch_size: int, workers: i
 @_with_model_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (with the confusion matrix).")
 def eval_(args, dataset: Path, split: str, limit: int | None, weights, defines, mean, batch_size: int, workers: int,
-          crf, device: str, samples: int, seed: int, precision: str, fork: str | None, as_json: bool) -> None:
+          crf, device: str, samples: int, seed: int, precision: str, blob: str | None, threshold: float,
+          fork: str | None, as_json: bool) -> None:
     """Mean IoU, per-class IoU and pixel accuracy on a VOC-layout dataset (the devkit's definitions).
 
     Under torchrun each process scores every N-th image and the confusion matrices are summed: the same
@@ -278,7 +287,7 @@ def eval_(args, dataset: Path, split: str, limit: int | None, weights, defines, 
 
     world = join(device)
     seg, rest = _segmenter(args, weights, defines=defines, mean=mean, crf=crf, device=device, samples=samples,
-                           seed=seed, fork=fork, precision=precision)
+                           seed=seed, fork=fork, precision=precision, blob=blob, threshold=threshold)
     if rest:
         raise ProtosegError(f"unexpected argument(s) {' '.join(rest)}; eval takes a model and --dataset")
     pairs = voc_pairs(dataset, split)[:limit]

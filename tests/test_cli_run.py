@@ -316,3 +316,61 @@ def test_run_samples_bayesian_segnet_dropout(images: list[Path], tmp_path: Path)
     assert variance.shape == a.shape and variance.max() > 0
     with Image.open(tmp_path / "a" / f"{stem}_uncertainty.png") as im:
         assert im.mode == "L" and im.size == (a.shape[2], a.shape[1])
+
+
+MAP_NET = """input: "data" input_shape { dim: 1 dim: 3 dim: 16 dim: 16 }
+layer { name: "score" type: "Convolution" bottom: "data" top: "score"
+        convolution_param { num_output: 2 kernel_size: 1 } }
+layer { name: "edge" type: "Convolution" bottom: "data" top: "edge"
+        convolution_param { num_output: 1 kernel_size: 3 pad: 1 } }
+layer { name: "sigmoid" type: "Sigmoid" bottom: "edge" top: "prob" }
+"""
+
+
+@pytest.fixture
+def map_net(tmp_path: Path) -> tuple[Path, Path]:
+    """A net with a 2-class score output and a one-channel Sigmoid map (HED's kind of output), last."""
+    prototxt = tmp_path / "map.prototxt"
+    prototxt.write_text(MAP_NET)
+    rng = np.random.default_rng(5)
+    weights = tmp_path / "map.caffemodel"
+    draw = lambda *shape: rng.standard_normal(shape).astype(np.float32) * 0.01  # noqa: E731
+    write_weights(weights, {"score": [draw(2, 3, 1, 1), np.zeros(2, np.float32)],
+                            "edge": [draw(1, 3, 3, 3), np.zeros(1, np.float32)]})
+    return prototxt, weights
+
+
+def test_a_one_channel_output_is_written_as_a_map(map_net, images: list[Path], tmp_path: Path) -> None:
+    prototxt, weights = map_net
+    out = tmp_path / "out"
+    args = [str(prototxt), str(weights), str(images[0]), "--mean", "104,117,123"]
+    assert main(["run", *args, "-o", str(out), "--threshold", "0.45", "--save-scores"]) == 0
+    seg = Segmenter.from_caffe(prototxt, weights, mean=[104, 117, 123], threshold=0.45)
+    (pred,) = seg.predict([images[0]])
+    assert pred.is_map and pred.scores.shape[0] == 1
+    np.testing.assert_array_equal(pred.labels, pred.scores[0] > 0.45)
+    with Image.open(out / f"{images[0].stem}.png") as im:
+        assert im.mode == "L"  # the map in grey, not an all-zero label picture
+        np.testing.assert_array_equal(np.asarray(im), np.round(255 * np.clip(pred.scores[0], 0, 1)))
+    assert len(np.unique(np.asarray(Image.open(out / f"{images[0].stem}.png")))) > 1
+    np.testing.assert_allclose(np.load(out / f"{images[0].stem}_scores.npy"), pred.scores)
+
+
+def test_blob_chooses_the_output_even_an_inner_one(map_net, images: list[Path], tmp_path: Path) -> None:
+    prototxt, weights = map_net
+    args = [str(prototxt), str(weights), str(images[0]), "--mean", "104,117,123"]
+    assert main(["run", *args, "-o", str(tmp_path / "score"), "--blob", "score"]) == 0
+    with Image.open(tmp_path / "score" / f"{images[0].stem}.png") as im:
+        assert im.mode == "P"  # per-class scores: palette labels
+    edge = Segmenter.from_caffe(prototxt, weights, mean=[104, 117, 123], output="edge")  # consumed by the Sigmoid
+    prob = Segmenter.from_caffe(prototxt, weights, mean=[104, 117, 123])
+    (e,), (p,) = edge.predict([images[0]]), prob.predict([images[0]])
+    np.testing.assert_allclose(1 / (1 + np.exp(-e.scores)), p.scores, rtol=1e-5, atol=1e-6)
+    assert main(["run", *args, "-o", str(tmp_path / "x"), "--blob", "nope"]) == 2
+
+
+def test_crf_on_a_map_is_refused(map_net, images: list[Path], tmp_path: Path, capsys) -> None:
+    prototxt, weights = map_net
+    assert main(["run", str(prototxt), str(weights), str(images[0]), "--mean", "104,117,123", "-o",
+                 str(tmp_path / "o"), "--crf", "deeplab_v2_resnet101"]) == 2
+    assert "needs per-class scores" in capsys.readouterr().err

@@ -33,7 +33,11 @@ PathLike = str | os.PathLike
 
 @dataclass
 class Prediction:
-    """One image's result; ``scores`` are C×H×W at the image's size, ``labels`` H×W class indices."""
+    """One image's result; ``scores`` are C×H×W at the image's size, ``labels`` H×W class indices.
+
+    A net with one output channel (HED's edges, a Sigmoid foreground probability) gives a *map*: its labels
+    are ``scores[0] > threshold`` (1 where above), and :func:`write_prediction` writes the map itself.
+    """
 
     name: str  # the image's file stem (or a caller's name for an array)
     image: np.ndarray  # H×W×3 uint8 RGB, as read
@@ -41,6 +45,11 @@ class Prediction:
     labels: np.ndarray  # int64 H×W, argmax of scores
     crf_labels: np.ndarray | None = None  # int64 H×W after DenseCRF, when asked for
     variance: np.ndarray | None = None  # float32 C×H×W over Monte Carlo samples (Bayesian SegNet), when asked for
+
+    @property
+    def is_map(self) -> bool:
+        """One channel: a probability or edge map rather than per-class scores."""
+        return self.scores.shape[0] == 1
 
 
 class Segmenter:
@@ -62,6 +71,7 @@ class Segmenter:
         seed: int = 0,
         precision: str = "fp32",
         fast: bool = True,
+        threshold: float = 0.5,
     ) -> None:
         self.device = torch.device(device)
         if self.device.type == "cuda":
@@ -77,6 +87,8 @@ class Segmenter:
         self.module = module.to(self.device).eval()
         self.preprocess = preprocess
         self.output = output
+        #: Where a one-channel output (a map) counts as label 1.
+        self.threshold = float(threshold)
         self.input_names = list(input_names)
         self.categories = list(categories) if categories else None
         self.name = name
@@ -111,8 +123,11 @@ class Segmenter:
         (given, or found because ``prototxt`` is one of the zoo's own files)."""
         from protoseg.loader import open_net
 
-        opened = open_net(prototxt, weights, defines=dict(defines) if defines else None, fork=fork)
         entry = entry or _zoo_entry_for(prototxt)
+        output = kwargs.pop("output", None) or (entry.output if entry is not None else None)
+        # the chosen blob becomes the net's output, even one that later layers consume
+        opened = open_net(prototxt, weights, defines=dict(defines) if defines else None, fork=fork,
+                          outputs=[output] if output else None)
         pre = from_netparam(
             opened.netparam,
             prototxt=prototxt,
@@ -124,7 +139,6 @@ class Segmenter:
         )
         net = opened.net
         inputs = [net.caffe_name.get(i, i) for i in net.inputs]
-        output = kwargs.pop("output", None) or (entry.output if entry is not None else None)
         categories = kwargs.pop("categories", None) or (entry.categories if entry is not None else None)
         return cls(opened.graph(), pre, output=output, input_names=inputs, categories=categories,
                    name=kwargs.pop("name", Path(prototxt).name), **kwargs)
@@ -203,6 +217,9 @@ class Segmenter:
             if variance is not None:
                 variance = torch.nn.functional.interpolate(variance, size=tuple(x.shape[2:]), mode="bilinear",
                                                            align_corners=True)
+        if out.shape[1] == 1 and self.crf_params is not None:
+            raise ProtosegError(f"{self.name}: --crf needs per-class scores, but output {self.output or ''} has one "
+                                "channel (a probability or edge map)")
         results = []
         for i, (h, w) in enumerate(sizes):
             scores = out[i:i + 1, :, :h, :w]
@@ -214,7 +231,8 @@ class Segmenter:
                 crf_labels = probs[0].argmax(0).cpu().numpy()
             scores_np = scores[0].float().cpu().numpy()
             var = None if variance is None else variance[i, :, :h, :w].float().cpu().numpy()
-            results.append(Prediction(names[i], images[i], scores_np, scores_np.argmax(0), crf_labels, var))
+            labels = (scores_np[0] > self.threshold).astype(np.int64) if len(scores_np) == 1 else scores_np.argmax(0)
+            results.append(Prediction(names[i], images[i], scores_np, labels, crf_labels, var))
         return results
 
     def predict(
@@ -382,7 +400,9 @@ def check_free(paths: Iterable[Path], *, force: bool) -> None:
 
 def write_prediction(pred: Prediction, out_dir: Path, *, palette: np.ndarray | None = None,
                      save_scores: bool = False) -> list[Path]:
-    """Write a palette PNG of the labels, an overlay JPEG, and optionally the scores and CRF labels."""
+    """Write a palette PNG of the labels, an overlay JPEG, and optionally the scores and CRF labels. For a map
+    (one output channel) the PNG is the map itself in grey (0..1 as 0..255, clipped), and the overlay shows where
+    it passes the threshold."""
     from PIL import Image
 
     from protoseg.run.palette import label_image, overlay
@@ -391,7 +411,11 @@ def write_prediction(pred: Prediction, out_dir: Path, *, palette: np.ndarray | N
                             samples=pred.variance is not None)
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_labels(pred.labels)
-    write_file(files["labels"], lambda tmp: label_image(pred.labels, palette).save(tmp, format="PNG"))
+    if pred.is_map:
+        grey = np.round(255 * np.clip(pred.scores[0], 0.0, 1.0)).astype(np.uint8)
+        write_file(files["labels"], lambda tmp: Image.fromarray(grey, mode="L").save(tmp, format="PNG"))
+    else:
+        write_file(files["labels"], lambda tmp: label_image(pred.labels, palette).save(tmp, format="PNG"))
     write_file(files["overlay"], lambda tmp: overlay(Image.fromarray(pred.image), pred.labels, palette)
                .save(tmp, format="JPEG", quality=90))
     if save_scores:
@@ -430,7 +454,7 @@ def evaluate(segmenter: Segmenter, pairs: Sequence[tuple[Path, Path]], *, batch_
     for pred in segmenter.predict([img for img, _ in pairs], batch_size=batch_size, progress=progress,
                                   workers=workers):
         if cm is None:
-            cm = ConfusionMatrix(num_classes or pred.scores.shape[0])
+            cm = ConfusionMatrix(num_classes or max(2, pred.scores.shape[0]))  # a map: background and foreground
         lab_path = labels_by_stem[pred.name]
         try:
             with Image.open(lab_path) as im:
