@@ -158,8 +158,8 @@ def convert(prototxt: Path, weights: Path, output: Path | None, fmt: str, define
 
 def _segmenter(spec: Sequence[str], weights: Path | None, *, defines, mean: str | None, crf: str | None,
                device: str, samples: int = 1, seed: int = 0, fork: str | None = None,
-               precision: str = "fp32", blob: str | None = None, threshold: float = 0.5
-               ) -> tuple[object, list[str]]:
+               precision: str = "fp32", blob: str | None = None, threshold: float = 0.5,
+               scale: float | None = None) -> tuple[object, list[str]]:
     """Open ``MODEL | NET.prototxt WEIGHTS`` from the head of ``spec``; returns it and the rest of ``spec``."""
     from protoseg import zoo
     from protoseg.run.predict import Segmenter
@@ -169,7 +169,8 @@ def _segmenter(spec: Sequence[str], weights: Path | None, *, defines, mean: str 
         raise ProtosegError("give a model: a converted .pt2 file, NET.prototxt WEIGHTS, or a zoo name with --weights")
     first, rest = spec[0], list(spec[1:])
     means = parse_mean(mean) if mean is not None else None
-    common = dict(crf=crf, device=device, samples=samples, seed=seed, precision=precision, threshold=threshold)
+    common = dict(crf=crf, device=device, samples=samples, seed=seed, precision=precision, threshold=threshold,
+                  scale=scale)
     if blob is not None:
         common["output"] = blob
     if first.lower().endswith(".pt2"):
@@ -196,6 +197,8 @@ model_options = [
     define_option,
     click.option("--mean", metavar="B,G,R", help="Mean subtracted from 0-255 BGR pixels; overrides the prototxt. "
                  "Needed for .pt2 files and Input-layer nets outside the zoo."),
+    click.option("--scale", type=float, help="Multiplies the input after the mean is subtracted (Caffe's "
+                 "transform_param scale, e.g. 0.017 or 0.00390625); overrides the prototxt."),
     click.option("--batch-size", "-b", type=click.IntRange(min=1), default=1, show_default=True,
                  help="Images per forward pass (only images of one input size are batched together)."),
     click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
@@ -232,8 +235,8 @@ def _with_model_options(fn):
               help="Label colours: 'voc', a palette PNG, or a text file of 'R G B' lines.")
 @click.option("--save-scores", is_flag=True, help="Also write each image's C x H x W scores as NAME_scores.npy.")
 @click.option("--force", is_flag=True, help="Overwrite existing result files.")
-def run(args, out_dir: Path, weights, defines, mean, batch_size: int, workers: int, crf, device: str, samples: int,
-        seed: int, precision: str, blob: str | None, threshold: float, fork: str | None, palette: str,
+def run(args, out_dir: Path, weights, defines, mean, scale, batch_size: int, workers: int, crf, device: str,
+        samples: int, seed: int, precision: str, blob: str | None, threshold: float, fork: str | None, palette: str,
         save_scores: bool, force: bool) -> None:
     """Segment images: NAME.png (palette labels; for a one-channel output the map itself, in grey),
     NAME_overlay.jpg, and optionally scores, CRF labels and (with --samples) an uncertainty map.
@@ -247,7 +250,8 @@ def run(args, out_dir: Path, weights, defines, mean, batch_size: int, workers: i
 
     world = join(device)
     seg, rest = _segmenter(args, weights, defines=defines, mean=mean, crf=crf, device=device, samples=samples,
-                           seed=seed, fork=fork, precision=precision, blob=blob, threshold=threshold)
+                           seed=seed, fork=fork, precision=precision, blob=blob, threshold=threshold,
+                           scale=scale)
     if not rest:
         raise ProtosegError("give at least one image file or folder after the model")
     images = world.shard(collect_images(rest))
@@ -273,9 +277,9 @@ def run(args, out_dir: Path, weights, defines, mean, batch_size: int, workers: i
 @click.option("--limit", type=click.IntRange(min=1), help="Score only the first N images of the split.")
 @_with_model_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (with the confusion matrix).")
-def eval_(args, dataset: Path, split: str, limit: int | None, weights, defines, mean, batch_size: int, workers: int,
-          crf, device: str, samples: int, seed: int, precision: str, blob: str | None, threshold: float,
-          fork: str | None, as_json: bool) -> None:
+def eval_(args, dataset: Path, split: str, limit: int | None, weights, defines, mean, scale, batch_size: int,
+          workers: int, crf, device: str, samples: int, seed: int, precision: str, blob: str | None,
+          threshold: float, fork: str | None, as_json: bool) -> None:
     """Mean IoU, per-class IoU and pixel accuracy on a VOC-layout dataset (the devkit's definitions).
 
     Under torchrun each process scores every N-th image and the confusion matrices are summed: the same
@@ -287,7 +291,8 @@ def eval_(args, dataset: Path, split: str, limit: int | None, weights, defines, 
 
     world = join(device)
     seg, rest = _segmenter(args, weights, defines=defines, mean=mean, crf=crf, device=device, samples=samples,
-                           seed=seed, fork=fork, precision=precision, blob=blob, threshold=threshold)
+                           seed=seed, fork=fork, precision=precision, blob=blob, threshold=threshold,
+                           scale=scale)
     if rest:
         raise ProtosegError(f"unexpected argument(s) {' '.join(rest)}; eval takes a model and --dataset")
     pairs = voc_pairs(dataset, split)[:limit]

@@ -374,3 +374,17 @@ def test_crf_on_a_map_is_refused(map_net, images: list[Path], tmp_path: Path, ca
     assert main(["run", str(prototxt), str(weights), str(images[0]), "--mean", "104,117,123", "-o",
                  str(tmp_path / "o"), "--crf", "deeplab_v2_resnet101"]) == 2
     assert "needs per-class scores" in capsys.readouterr().err
+
+
+def test_scale_multiplies_after_the_mean(map_net, images: list[Path], tmp_path: Path) -> None:
+    """``--scale`` is Caffe's transform_param scale: ``(pixel - mean) * scale``, overriding the prototxt's."""
+    prototxt, weights = map_net
+    plain = Segmenter.from_caffe(prototxt, weights, mean=[104, 117, 123], output="edge")
+    scaled = Segmenter.from_caffe(prototxt, weights, mean=[104, 117, 123], output="edge", scale=0.017)
+    img = read_image(images[0])
+    np.testing.assert_allclose(scaled.preprocess.blob(img)[0], plain.preprocess.blob(img)[0] * np.float32(0.017),
+                               rtol=1e-6)
+    (a,), (b,) = plain.predict([images[0]]), scaled.predict([images[0]])
+    np.testing.assert_allclose(b.scores, a.scores * 0.017, rtol=1e-4, atol=1e-6)  # conv, zero bias: linear
+    assert main(["run", str(prototxt), str(weights), str(images[0]), "--mean", "104,117,123", "--scale", "0.017",
+                 "-o", str(tmp_path / "o")]) == 0

@@ -117,10 +117,12 @@ class Segmenter:
         mean: Sequence[float] | None = None,
         entry: zoo.ZooModel | None = None,
         fork: str | None = None,
+        scale: float | None = None,
         **kwargs,
     ) -> Segmenter:
         """Convert ``prototxt`` + ``weights``; the mean comes from ``mean``, the data layer, or the zoo entry
-        (given, or found because ``prototxt`` is one of the zoo's own files)."""
+        (given, or found because ``prototxt`` is one of the zoo's own files); ``scale`` overrides the data
+        layer's."""
         from protoseg.loader import open_net
 
         entry = entry or _zoo_entry_for(prototxt)
@@ -136,6 +138,7 @@ class Segmenter:
             fallback_mean=entry.mean_bgr if entry is not None else None,
             fallback_source=f"zoo entry {entry.name!r}" if entry is not None else "",
             fork=opened.net.fork,
+            scale=scale,
         )
         net = opened.net
         inputs = [net.caffe_name.get(i, i) for i in net.inputs]
@@ -150,7 +153,8 @@ class Segmenter:
         return cls.from_caffe(entry.prototxt_path(), weights, mean=mean, entry=entry, name=entry.name, **kwargs)
 
     @classmethod
-    def from_pt2(cls, path: PathLike, *, mean: Sequence[float] | None = None, **kwargs) -> Segmenter:
+    def from_pt2(cls, path: PathLike, *, mean: Sequence[float] | None = None, scale: float | None = None,
+                 **kwargs) -> Segmenter:
         """A ``.pt2`` written by ``protoseg convert``, read without running anything in it (:mod:`protoseg.pt2`).
 
         Its preprocessing is the one recorded at conversion; ``mean`` (``--mean B,G,R``) overrides the mean and
@@ -170,7 +174,7 @@ class Segmenter:
         try:
             pre = Preprocess(
                 mean=np.asarray(mean if mean is not None else recorded["mean"], dtype=np.float64).reshape(3),
-                scale=float(recorded.get("scale", 1.0)),
+                scale=float(scale if scale is not None else recorded.get("scale", 1.0)),
                 pad_to=(int(pad_to[0]), int(pad_to[1])) if pad_to else None,
                 bgr=bool(recorded.get("bgr", True)),
                 source="--mean" if mean is not None else f"{path.name} (recorded at conversion)",

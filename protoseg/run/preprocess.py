@@ -188,17 +188,19 @@ def from_netparam(
     fallback_mean: Sequence[float] | None = None,
     fallback_source: str = "",
     fork: str = "bvlc",
+    scale: float | None = None,
 ) -> Preprocess:
     """The :class:`Preprocess` of an upgraded V2 ``NetParameter``.
 
     ``mean`` (from ``--mean``) overrides everything (a ``mean_file`` is then not even opened); otherwise the
     first data layer's ``transform_param`` decides, and for a deploy net with an ``Input`` layer (which has
     none) ``fallback_mean`` (from the zoo). ``pad_to`` (H, W) pads like DeepLab when the data layer has no
-    ``crop_size`` of its own (zoo ``pad_to_input``).
+    ``crop_size`` of its own (zoo ``pad_to_input``). ``scale`` (from ``--scale``) overrides
+    ``transform_param.scale``, multiplied after the mean is subtracted, as Caffe does.
     """
     where = str(prototxt)
     layer = next((lp for lp in data_layers(netparam, fork) if lp.HasField("transform_param")), None)
-    scale, crop, found, source = 1.0, None, None, ""
+    given_scale, scale, crop, found, source = scale, 1.0, None, None, ""
     if layer is not None:
         t = layer.transform_param
         scale = float(t.scale) if t.HasField("scale") else 1.0
@@ -225,6 +227,8 @@ def from_netparam(
         found, source = np.asarray(mean, dtype=np.float64), "--mean"
     elif found is None and fallback_mean is not None:
         found, source = np.asarray(fallback_mean, dtype=np.float64), fallback_source or "the model registry"
+    if given_scale is not None:
+        scale = float(given_scale)
     if found is None:
         raise ProtosegError(
             f"{where}: the net has no transform_param mean (an Input-layer deploy net?) and none is known for it; "
