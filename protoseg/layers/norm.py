@@ -168,7 +168,10 @@ class LRN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.within:
-            return F.local_response_norm(x, self.size, self.alpha, self.beta, self.k)
+            # a window wider than 2C - 1 channels sums them all, like one of exactly that width: clip it (torch
+            # pads the channels by the window) and keep Caffe's alpha / n
+            size = min(self.size, 2 * x.shape[1] - 1)
+            return F.local_response_norm(x, size, self.alpha * size / self.size, self.beta, self.k)
         pad = (self.size - 1) // 2
         avg = F.avg_pool2d(x * x, self.size, 1, pad, ceil_mode=True, count_include_pad=True)
         return x * torch.pow(1.0 + self.alpha * avg, -self.beta)

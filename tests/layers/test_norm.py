@@ -103,6 +103,8 @@ def caffe_lrn(x, size: int, alpha: float, beta: float, k: float, within: bool):
     pytest.param(3, 2.0, 0.5, 2.0, False, (1, 4, 3, 3), id="across-strong"),
     pytest.param(3, 0.5, 0.75, 1.0, True, (1, 2, 5, 6), id="within-3"),
     pytest.param(5, 1.5, 0.6, 1.0, True, (2, 2, 4, 3), id="within-window-past-the-map"),
+    pytest.param(9, 3.0, 0.75, 1.0, False, (1, 3, 2, 2), id="across-window-past-all-channels"),
+    pytest.param(2**31 - 1, 1e9, 0.75, 1.0, False, (1, 3, 2, 2), id="across-window-of-2^31"),
 ])
 def test_lrn(size: int, alpha: float, beta: float, k: float, within: bool, shape) -> None:
     x = rand(*shape)
