@@ -14,6 +14,13 @@ is in ``net.blobs``. ``net.params[layer][i].data`` are the weights themselves: w
 A net built without weights has zero parameters (Caffe would run its fillers). ``TRAIN`` only selects the
 prototxt's TRAIN include/exclude rules: the forward is always the inference one (Dropout is the identity), and
 there is no backward.
+
+What evaluation scripts need beyond the graph is here too, because their nets run layers the converted graph
+leaves out: a ``DenseImageData`` layer (SegNet) reads its image list on each ``forward()`` as Caffe's does,
+``SoftmaxWithLoss`` tops are computed after each forward (FCN's ``score.py`` reads ``net.blobs['loss']``),
+``SGDSolver`` builds a training script's nets (``solver.net``, ``solver.test_nets``) without training them,
+and ``caffe.layers``/``caffe.params``/``NetSpec`` write prototxts as pycaffe's ``net_spec`` does (Dilation's
+``network.py``).
 """
 
 from __future__ import annotations
@@ -21,14 +28,18 @@ from __future__ import annotations
 import os
 import warnings
 from collections import OrderedDict
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from protoseg.errors import ProtosegError, ProtosegWarning
+from protoseg.caffe.data import image_list_readers
+from protoseg.caffe.loss import softmax_loss
+from protoseg.errors import ProtosegError, ProtosegWarning, quote
 
-__all__ = ["TRAIN", "TEST", "Net", "Blob", "Layer", "io", "proto", "set_mode_cpu", "set_mode_gpu", "set_device"]
+__all__ = ["TRAIN", "TEST", "Net", "Blob", "Layer", "SGDSolver", "NetSpec", "layers", "params", "to_proto", "io",
+           "proto", "set_mode_cpu", "set_mode_gpu", "set_device"]
 
 #: Phase constants with pycaffe's values (``caffe_pb2.Phase``).
 TRAIN = 0
@@ -140,14 +151,25 @@ class Net:
 
         weights, phase = _parse_args(args, weights, phase)
         self._prototxt = os.fspath(prototxt)
+        defines = dict(defines) if defines else None
+        # Caffe sizes an image-list data layer from its first image when the net is built
+        self._readers = image_list_readers(self._prototxt, defines, _PHASE_NAMES[phase])
+        sized = {r.tops[0]: r.shape for r in self._readers}
         with warnings.catch_warnings():
             # a data layer without a declared shape warns; its blob is reshaped by the caller, as in pycaffe
             warnings.simplefilter("ignore", ProtosegWarning)
-            opened = open_net(prototxt, weights, defines=dict(defines) if defines else None,
-                              phase=_PHASE_NAMES[phase])
+            opened = open_net(prototxt, weights, defines=defines, phase=_PHASE_NAMES[phase],
+                              input_shapes=sized or None)
         self._netparam, self._fork, self._net = opened.netparam, opened.net.fork, opened.net
         self.blobs: OrderedDict[str, Blob] = OrderedDict()
         self._init_blobs()
+        for reader in self._readers:
+            self.blobs[reader.tops[1]] = Blob(np.zeros(reader.label_shape, dtype=np.float32))
+        self._losses = [lp for lp in self._netparam.layer
+                        if lp.type == "SoftmaxWithLoss" and len(lp.bottom) == 2 and len(lp.top) >= 1
+                        and all(b in self.blobs for b in lp.bottom)]
+        for lp in self._losses:  # a 0-axis blob, as Caffe's loss tops; NaN until a forward has a label to score
+            self.blobs[lp.top[0]] = Blob(np.full((), np.nan, dtype=np.float32))
         self.params: OrderedDict[str, list[Blob]] = OrderedDict()
         self._init_params()
         if weights is not None:
@@ -249,6 +271,25 @@ class Net:
         arrays = {name: [b.data for b in blobs] for name, blobs in self.params.items()}
         return to_graph(self._net, arrays)
 
+    def share_with(self, other: Net) -> None:
+        """pycaffe's ``share_with`` (Caffe's ``ShareTrainedLayersWith``): every layer of this net that ``other``
+        has by name uses ``other``'s parameter blobs from now on, the same arrays, so a later write to either
+        net's ``params`` reaches both, as in Caffe (a read-only blob, one a converter derives its own tensor
+        from, is taken as it is now). A training script's test net calls it to score the weights its solver
+        net holds."""
+        if not isinstance(other, Net):
+            raise TypeError(f"Net.share_with(): give a caffe.Net, not {type(other).__name__}")
+        for name, blobs in self.params.items():
+            source = other.params.get(name)
+            if source is None:
+                continue
+            if [b.shape for b in blobs] != [b.shape for b in source]:
+                raise ProtosegError(f"Net.share_with(): layer {quote(name)} has blobs {[b.shape for b in blobs]} "
+                                    f"here but {[b.shape for b in source]} in the other net; Caffe shares only "
+                                    "layers of the same shapes")
+            self.params[name] = list(source)
+        self._gm = self._rebuild_graph()
+
     def save(self, path: str | os.PathLike) -> None:
         """Write the parameters as a binary V2 caffemodel (pycaffe's ``net.save``)."""
         from protoseg.io.weights import write_weights
@@ -279,6 +320,11 @@ class Net:
         if unknown:
             raise ProtosegError(f"Net.forward(): {', '.join(unknown)} is not an input of {self._prototxt}; "
                                 f"its inputs are {', '.join(self.inputs)}")
+        if not kwargs:  # as Caffe, an image-list data layer loads its next batch (arrays given by name win)
+            for reader in self._readers:
+                for name, value in reader.next_batch().items():
+                    self.blobs[name].reshape(*value.shape)
+                    self.blobs[name].data[...] = value
         for name, value in kwargs.items():
             value = np.asarray(value, dtype=np.float32)
             self.blobs[name].reshape(*value.shape)
@@ -297,6 +343,9 @@ class Net:
                 np.copyto(blob.data, arr)
             else:
                 blob.data = arr.copy()
+        for lp in self._losses:
+            self.blobs[lp.top[0]].data = np.asarray(
+                softmax_loss(lp, self.blobs[lp.bottom[0]].data, self.blobs[lp.bottom[1]].data), dtype=np.float32)
         if end is not None:
             try:
                 outs = list(self._net.layer(end).caffe_tops)
@@ -341,3 +390,5 @@ class Net:
 
 
 from protoseg.caffe import io, proto  # noqa: E402  (pycaffe's caffe.io and caffe.proto, after Net exists)
+from protoseg.caffe.net_spec import NetSpec, layers, params, to_proto  # noqa: E402
+from protoseg.caffe.solver import SGDSolver  # noqa: E402
