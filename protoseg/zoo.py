@@ -20,12 +20,44 @@ from pathlib import Path
 
 from protoseg.errors import ProtosegError
 
-__all__ = ["VOC_CLASSES", "Score", "ZooModel", "Zoo", "get", "names", "prototxt_path"]
+__all__ = ["VOC_CLASSES", "CAMVID_CLASSES", "CITYSCAPES_CLASSES", "ADE20K_CLASSES", "FITS", "Tiling", "Score",
+           "ZooModel", "Zoo", "get", "names", "prototxt_path"]
 
 #: PASCAL VOC 2012 segmentation classes in label order (index 0 = background; 255 = void is not a class).
 VOC_CLASSES: tuple[str, ...] = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)
+
+#: CamVid's 11 classes as SegNet labels them (``label_colours`` of SegNet-Tutorial's test script; 11 is void).
+CAMVID_CLASSES: tuple[str, ...] = (
+    "sky", "building", "pole", "road", "pavement", "tree", "sign/symbol", "fence", "car", "pedestrian", "bicyclist",
+)
+
+#: Cityscapes' 19 evaluated classes in trainId order (cityscapesScripts ``helpers/labels.py``).
+CITYSCAPES_CLASSES: tuple[str, ...] = (
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation", "terrain",
+    "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
+)
+
+#: ADE20K (SceneParsing 150) classes, each by the first of its names in CSAILVision/sceneparsing objectInfo150.txt;
+#: output channel k is ADE class k + 1 (0, "other", is never predicted).
+ADE20K_CLASSES: tuple[str, ...] = (
+    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",
+    "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair", "car", "water",
+    "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field", "armchair", "seat", "fence", "desk",
+    "rock", "wardrobe", "lamp", "bathtub", "railing", "cushion", "base", "box", "column", "signboard",
+    "chest of drawers", "counter", "sand", "sink", "skyscraper", "fireplace", "refrigerator", "grandstand", "path",
+    "stairs", "runway", "case", "pool table", "pillow", "screen door", "stairway", "river", "bridge", "bookcase",
+    "blind", "coffee table", "toilet", "flower", "book", "hill", "bench", "countertop", "stove", "palm",
+    "kitchen island", "computer", "swivel chair", "boat", "bar", "arcade machine", "hovel", "bus", "towel", "light",
+    "truck", "tower", "chandelier", "awning", "streetlight", "booth", "television", "airplane", "dirt track",
+    "apparel", "pole", "land", "bannister", "escalator", "ottoman", "bottle", "buffet", "poster", "stage", "van",
+    "ship", "fountain", "conveyer belt", "canopy", "washer", "plaything", "swimming pool", "stool", "barrel",
+    "basket", "waterfall", "tent", "bag", "minibike", "cradle", "oven", "ball", "food", "step", "tank", "trade name",
+    "microwave", "pot", "animal", "bicycle", "lake", "dishwasher", "screen", "blanket", "sculpture", "hood", "sconce",
+    "vase", "traffic light", "tray", "ashcan", "fan", "pier", "crt screen", "plate", "monitor", "bulletin board",
+    "shower", "radiator", "glass", "clock", "flag",
 )
 
 #: BGR means subtracted by the FCN reference code (``voc_layers.py`` / ``infer.py`` of fcn.berkeleyvision.org).
@@ -46,16 +78,49 @@ _DEEPLAB_V2_PAPER = (
     "Deep Convolutional Nets, Atrous Convolution, and Fully Connected CRFs. TPAMI 2018, arXiv:1606.00915"
 )
 _FCN_README = "https://github.com/shelhamer/fcn.berkeleyvision.org (README)"
+#: BGR means of PSPNet's and ICNet's evaluation code (subtracted in RGB there, then the channels reversed).
+PSPNET_MEAN_BGR = (103.939, 116.779, 123.68)
+_SEGNET_PAPER = (
+    "V. Badrinarayanan, A. Kendall, R. Cipolla. SegNet: A Deep Convolutional Encoder-Decoder Architecture for Image "
+    "Segmentation. TPAMI 2017, arXiv:1511.00561"
+)
+_SEGNET_ZOO = "alexgkendall/SegNet-Tutorial, Example_Models/segnet_model_zoo.md"
+_PSPNET_PAPER = "H. Zhao, J. Shi, X. Qi, X. Wang, J. Jia. Pyramid Scene Parsing Network. CVPR 2017, arXiv:1612.01105"
+_PSPNET_README = "hszhao/PSPNet README (expected scores: single scale with flip)"
+_PSPNET_TILE = ("PSPNet's evaluation (evaluation/eval_all.m) first resizes the image so its long side is "
+                "{base} + 1, then slides windows; protoseg runs the windows on the image as given")
+_DILATION_PAPER = ("F. Yu, V. Koltun. Multi-Scale Context Aggregation by Dilated Convolutions. ICLR 2016, "
+                   "arXiv:1511.07122")
+
+
+#: How a release's test code fits an image to its net, which ``protoseg run`` reproduces:
+FITS = {
+    "native": "the net is reshaped to each image (fully convolutional, any size)",
+    "pad": "the image is padded bottom/right with the mean to the input size, and the scores cropped back",
+    "resize": "the image is resized (bilinear) to the input size, and the scores resized back",
+    "tile": "windows of the input size slide over the image (see ZooModel.tile) and their scores are averaged",
+}
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """Sliding-window inference as a release's evaluation code does it (PSPNet, Dilation)."""
+
+    stride: int  # step between windows, pixels
+    margin: int = 0  # context each window reads beyond the pixels it labels, filled by reflection at the border
+    flip: bool = False  # the horizontally mirrored window's scores are added to each window's (PSPNet)
+    softmax: bool = False  # window outputs are logits, each window's go through a softmax before averaging (PSPNet)
 
 
 @dataclass(frozen=True)
 class Score:
-    """One published result: mean IoU in percent on a named split."""
+    """One published result on a named split: mean IoU in percent unless ``metric`` says otherwise."""
 
-    miou: float  # mean intersection over union, percent, as printed by the authors
+    value: float  # as printed by the authors
     split: str  # the evaluation set, e.g. "VOC2012 val" or "VOC2011 seg11valid" (FCN's non-SBD subset)
-    crf: bool  # whether DenseCRF post-processing was applied (protoseg's plain forward pass has none)
+    crf: bool  # whether CRF post-processing was applied on top of the released net
     source: str  # where the number is printed
+    metric: str = "mIoU"  # e.g. "class average accuracy" (SegNet), "ODS F-measure" (HED, 0-1)
 
 
 @dataclass(frozen=True)
@@ -69,13 +134,21 @@ class ZooModel:
     archive_member: str | None  # the caffemodel inside ``url`` when ``url`` is an archive, else None
     sha1: str | None  # SHA-1 of the file at ``url``, None where no source publishes one
     input_size: tuple[int, int]  # (height, width) of the deploy prototxt's Input layer
-    pad_to_input: bool  # True: the reference test pads each image (with the mean) to input_size and crops back
-    mean_bgr: tuple[float, float, float]  # subtracted from 0-255 BGR pixels; no scaling
-    categories: tuple[str, ...]  # class names in output-channel order
-    output: str  # blob holding the per-class scores at input resolution
+    fit: str  # how the release's own test fed images of other sizes: see FITS
+    mean_bgr: tuple[float, float, float]  # subtracted from 0-255 BGR pixels (zeros: the release feeds raw pixels)
+    categories: tuple[str, ...]  # class names in output-channel order (one name: a probability / edge map)
+    output: str  # blob holding the per-class scores (or the map) at input resolution
     scores: tuple[Score, ...]  # published results, the one matching this exact caffemodel first
     paper: str  # citation
     note: str = ""  # anything a user must know to reproduce the published number
+    scale: float = 1.0  # multiplies the input after the mean is subtracted, as transform_param's scale
+    fork: str | None = None  # the Caffe fork that wrote the weights, when the prototxt alone does not say
+    tile: Tiling | None = None  # the windows of fit="tile"
+    md5: str | None = None  # MD5 of the file at ``url``, where the authors publish that instead of a SHA-1
+
+    def __post_init__(self) -> None:
+        if self.fit not in FITS or (self.fit == "tile") != (self.tile is not None):
+            raise ValueError(f"zoo entry {self.name!r}: fit {self.fit!r} with tile {self.tile!r}")
 
     @property
     def num_classes(self) -> int:
@@ -97,7 +170,7 @@ class Zoo(enum.Enum):
         archive_member=None,
         sha1=None,
         input_size=(500, 500),
-        pad_to_input=False,
+        fit="native",
         mean_bgr=FCN_MEAN_BGR,
         categories=VOC_CLASSES,
         output="score",
@@ -113,7 +186,7 @@ class Zoo(enum.Enum):
         archive_member=None,
         sha1=None,
         input_size=(500, 500),
-        pad_to_input=False,
+        fit="native",
         mean_bgr=FCN_MEAN_BGR,
         categories=VOC_CLASSES,
         output="score",
@@ -130,7 +203,7 @@ class Zoo(enum.Enum):
         # pinned by OpenCV's test-data downloader (opencv_extra testdata/dnn/download_models.py, model 'Fcn')
         sha1="c449ea74dd7d83751d1357d6a8c323fcf4038962",
         input_size=(500, 500),
-        pad_to_input=False,
+        fit="native",
         mean_bgr=FCN_MEAN_BGR,
         categories=VOC_CLASSES,
         output="score",
@@ -149,7 +222,7 @@ class Zoo(enum.Enum):
         archive_member=None,
         sha1=None,
         input_size=(513, 513),
-        pad_to_input=True,
+        fit="pad",
         mean_bgr=DEEPLAB_MEAN_BGR,
         categories=VOC_CLASSES,
         output="fc8_interp",
@@ -173,7 +246,7 @@ class Zoo(enum.Enum):
         archive_member="train_iter_20000.caffemodel",
         sha1=None,
         input_size=(513, 513),
-        pad_to_input=True,
+        fit="pad",
         mean_bgr=DEEPLAB_MEAN_BGR,
         categories=VOC_CLASSES,
         output="fc8_interp",
@@ -193,7 +266,7 @@ class Zoo(enum.Enum):
         archive_member="train_iter_20000.caffemodel",
         sha1=None,
         input_size=(513, 513),
-        pad_to_input=True,
+        fit="pad",
         mean_bgr=DEEPLAB_MEAN_BGR,
         categories=VOC_CLASSES,
         output="fc1_interp",
@@ -207,6 +280,194 @@ class Zoo(enum.Enum):
         "the train2 (trainval_aug) weights in the same zip",
     )
 
+    SEGNET_DRIVING = ZooModel(
+        name="segnet-driving",
+        title="SegNet road scenes (web demo)",
+        prototxt="segnet_driving.prototxt",
+        url="http://mi.eng.cam.ac.uk/~agk34/resources/SegNet/segnet_weights_driving_webdemo.caffemodel",
+        archive_member=None,
+        sha1=None,
+        input_size=(360, 480),
+        fit="resize",
+        mean_bgr=(0.0, 0.0, 0.0),
+        categories=tuple(f"class {i}" for i in range(12)),
+        output="conv1_1_D",
+        scores=(),
+        paper=_SEGNET_PAPER,
+        note=f"from {_SEGNET_ZOO}; the release names none of its 12 classes (its palette is Scripts/camvid12.png) "
+        "and reports no score; its net ends in an ArgMax, so protoseg reads the scores before it",
+        fork="segnet",
+    )
+    BAYESIAN_SEGNET_CAMVID = ZooModel(
+        name="bayesian-segnet-camvid",
+        title="Bayesian SegNet CamVid",
+        prototxt="bayesian_segnet_camvid.prototxt",
+        url="http://mi.eng.cam.ac.uk/~agk34/resources/SegNet/bayesian_segnet_camvid.caffemodel",
+        archive_member=None,
+        sha1=None,
+        input_size=(360, 480),
+        fit="resize",
+        mean_bgr=(0.0, 0.0, 0.0),
+        categories=CAMVID_CLASSES,
+        output="prob",
+        scores=(),
+        paper="A. Kendall, V. Badrinarayanan, R. Cipolla. Bayesian SegNet: Model Uncertainty in Deep Convolutional "
+        "Encoder-Decoder Architectures for Scene Understanding. BMVC 2017, arXiv:1511.02680",
+        note=f"from {_SEGNET_ZOO}, which reports no score; dropout samples at test time: run with --samples N for "
+        "the mean and the variance the paper uses",
+        fork="segnet",
+    )
+    ENET_CITYSCAPES = ZooModel(
+        name="enet-cityscapes",
+        title="ENet Cityscapes (BN merged)",
+        prototxt="enet_cityscapes.prototxt",
+        url="https://www.dropbox.com/sh/5wjmb5twfr5b0wo/AADEpW5a8-GSSt5pfJYCKxoOa?dl=1",
+        archive_member=None,
+        sha1=None,
+        input_size=(512, 1024),
+        fit="resize",
+        mean_bgr=(0.0, 0.0, 0.0),
+        categories=CITYSCAPES_CLASSES,
+        output="deconv6_0_0",
+        scores=(),
+        paper="A. Paszke, A. Chaurasia, S. Kim, E. Culurciello. ENet: A Deep Neural Network Architecture for "
+        "Real-Time Semantic Segmentation. arXiv:1606.02147",
+        note="TimoSaemann/ENet enet_weights_zoo/cityscapes_weights.sh: the link is a Dropbox folder, downloaded as a "
+        "zip holding the caffemodel; these Caffe weights are a re-training of the paper's Torch model and the "
+        "release reports no score for them",
+        fork="segnet",
+    )
+    DILATION8_VOC = ZooModel(
+        name="dilation8-voc",
+        title="Dilation8 PASCAL VOC (front end + context module)",
+        prototxt="dilation8_voc.prototxt",
+        url="http://dl.yf.io/dilation/models/dilation8_pascal_voc.caffemodel",
+        archive_member=None,
+        sha1=None,
+        input_size=(900, 900),
+        fit="tile",
+        tile=Tiling(stride=528, margin=186),
+        mean_bgr=(102.93, 111.36, 116.52),
+        categories=VOC_CLASSES,
+        output="prob",
+        scores=(),
+        paper=_DILATION_PAPER,
+        note="fyu/dilation pretrained/download_pascal_voc.sh; the repository reports no score for the release; "
+        "prob is at 1/8 resolution and is upsampled bilinearly, as its predict.py does",
+    )
+    DILATION10_CITYSCAPES = ZooModel(
+        name="dilation10-cityscapes",
+        title="Dilation10 Cityscapes",
+        prototxt="dilation10_cityscapes.prototxt",
+        url="http://dl.yf.io/dilation/models/dilation10_cityscapes.caffemodel",
+        archive_member=None,
+        sha1=None,
+        input_size=(1396, 1396),
+        fit="tile",
+        tile=Tiling(stride=1024, margin=186),
+        mean_bgr=(72.39, 82.91, 73.16),
+        categories=CITYSCAPES_CLASSES,
+        output="prob",
+        scores=(),
+        paper=_DILATION_PAPER,
+        note="fyu/dilation pretrained/download_cityscapes.sh; the repository reports no score for the release",
+    )
+    CRFASRNN_VOC = ZooModel(
+        name="crfasrnn-voc",
+        title="CRF-as-RNN (FCN-8s + mean-field iterations), COCO + VOC",
+        prototxt="crfasrnn_voc.prototxt",
+        url="http://goo.gl/j7PrPZ",
+        archive_member=None,
+        # the model card's sha1 (torrvision/crfasrnn python-scripts/README.md)
+        sha1="bfda5c5149d566aa56695789fa9a08e7a7f3070a",
+        input_size=(500, 500),
+        fit="pad",
+        mean_bgr=FCN_MEAN_BGR,
+        categories=VOC_CLASSES,
+        output="pred",
+        scores=(Score(73.0, "VOC2012 val, reduced (346 images)", False,
+                      "torrvision/crfasrnn python-scripts/README.md (model card)"),),
+        paper="S. Zheng, S. Jayasumana, B. Romera-Paredes, V. Vineet, Z. Su, D. Du, C. Huang, P. H. S. Torr. "
+        "Conditional Random Fields as Recurrent Neural Networks. ICCV 2015, arXiv:1502.03240",
+        note="TVG_CRFRNN_COCO_VOC.caffemodel (python-scripts/download_trained_model.sh); the CRF is inside the net; "
+        "the mean is the model card's (the Python demo since 2017 subtracts it in RGB order)",
+        fork="crfasrnn",
+    )
+    HED_BSDS = ZooModel(
+        name="hed-bsds",
+        title="HED edge detection, BSDS500",
+        prototxt="hed_bsds.prototxt",
+        url="https://vcl.ucsd.edu/hed/hed_pretrained_bsds.caffemodel",
+        archive_member=None,
+        sha1=None,
+        input_size=(500, 500),
+        fit="native",
+        mean_bgr=FCN_MEAN_BGR,
+        categories=("edge",),
+        output="sigmoid-fuse",
+        scores=(
+            Score(0.790, "BSDS500 test", False, "s9xie/hed README (fusion output)", metric="ODS F-measure"),
+            Score(0.808, "BSDS500 test", False, "s9xie/hed README (fusion output)", metric="OIS F-measure"),
+        ),
+        paper="S. Xie, Z. Tu. Holistically-Nested Edge Detection. ICCV 2015, arXiv:1504.06375",
+        note="an edge probability map (run writes it as a grey PNG); the benchmark thins edges with non-maximum "
+        "suppression first (Dollar's edges toolbox), which protoseg does not do",
+    )
+    PSPNET50_ADE20K = ZooModel(
+        name="pspnet50-ade20k",
+        title="PSPNet ResNet-50 ADE20K",
+        prototxt="pspnet50_ade20k.prototxt",
+        url="https://drive.google.com/file/d/1SyCa_mEB-WiwvnqyBBBkWycS1zQDtDzW/view?usp=sharing",
+        archive_member=None,
+        sha1=None,
+        input_size=(473, 473),
+        fit="tile",
+        tile=Tiling(stride=316, flip=True, softmax=True),
+        mean_bgr=PSPNET_MEAN_BGR,
+        categories=ADE20K_CLASSES,
+        output="conv6_interp",
+        scores=(Score(41.68, "ADE20K val", False, _PSPNET_README),),
+        paper=_PSPNET_PAPER,
+        note=_PSPNET_TILE.format(base=512) + "; label k is ADE20K class k + 1",
+        fork="pspnet",
+    )
+    PSPNET101_CITYSCAPES = ZooModel(
+        name="pspnet101-cityscapes",
+        title="PSPNet ResNet-101 Cityscapes",
+        prototxt="pspnet101_cityscapes.prototxt",
+        url="https://drive.google.com/file/d/1-Me01pX1KUsut_7l6uJXkIbaBxxSVgX0/view?usp=sharing",
+        archive_member=None,
+        sha1=None,
+        input_size=(713, 713),
+        fit="tile",
+        tile=Tiling(stride=476, flip=True, softmax=True),
+        mean_bgr=PSPNET_MEAN_BGR,
+        categories=CITYSCAPES_CLASSES,
+        output="conv6_interp",
+        scores=(Score(79.70, "Cityscapes val", False, _PSPNET_README),),
+        paper=_PSPNET_PAPER,
+        note=_PSPNET_TILE.format(base=2048),
+        fork="pspnet",
+    )
+    ICNET_CITYSCAPES = ZooModel(
+        name="icnet-cityscapes",
+        title="ICNet Cityscapes (trainval, 90k iterations, BN merged)",
+        prototxt="icnet_cityscapes.prototxt",
+        url="https://drive.google.com/file/d/19SRLIqLiKCgYnt305A8J0Pre9H-vuZ-u/view?usp=sharing",
+        archive_member=None,
+        sha1=None,
+        md5="4f4dd9eecd465dd8de7e4cf88ba5d5d5",  # hszhao/ICNet README
+        input_size=(1025, 2049),
+        fit="resize",
+        mean_bgr=PSPNET_MEAN_BGR,
+        categories=CITYSCAPES_CLASSES,
+        output="conv6_interp",
+        scores=(Score(69.5, "Cityscapes test", False, "hszhao/ICNet README (trainval_90k model)"),),
+        paper="H. Zhao, X. Qi, X. Shen, J. Shi, J. Jia. ICNet for Real-Time Semantic Segmentation on High-Resolution "
+        "Images. ECCV 2018, arXiv:1704.08545",
+        note="icnet_cityscapes_trainval_90k.caffemodel; its evaluation resizes every image to 1025 x 2049",
+        fork="pspnet",
+    )
 
 _BY_NAME: dict[str, Zoo] = {member.value.name: member for member in Zoo}
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the zoonets package beside this script
 
-from zoonets import deeplab, fcn  # noqa: E402
+from zoonets import crfasrnn, deeplab, dilation, enet, fcn, hed, icnet, pspnet, segnet  # noqa: E402
 
-FAMILIES = (fcn, deeplab)
+FAMILIES = (fcn, deeplab, segnet, enet, dilation, crfasrnn, hed, pspnet, icnet)
 #: file name in ``prototxt/`` -> builder, over every family module's own ``NETS``
 NETS = {filename: build for family in FAMILIES for filename, build in family.NETS.items()}
 

@@ -10,8 +10,8 @@ Each test reads a script's text and changes only what Python 3 and the missing C
   packages not installed or not drawable here (matplotlib, scipy, sklearn, numba) and ``cv2`` GUI calls.
 
 Everything else runs as written, with the arguments and files the script expects made in ``tmp_path``. No
-caffemodel is published with the prototxts, so weights are random (``_weights``), and nets with VGG-sized
-layers are thinned (``_thin``: every ``num_output`` of 64 or more divided by 8, every layer, kernel, pad,
+caffemodel is published with the prototxts, so weights are random (``random_weights``), and nets with VGG-sized
+layers are thinned (``thin``: every ``num_output`` of 64 or more divided by 8, every layer, kernel, pad,
 crop, dilation and class count kept) so that their weights take a few MB and a forward well under a second.
 """
 
@@ -42,10 +42,9 @@ from protoseg.run.demo import DEMO_DIR
 from protoseg.run.metrics import ConfusionMatrix
 from protoseg.run.palette import labels_from_image, overlay, voc_palette
 from tests.conftest import IMAGES, PUBLISHED, SHARED, need
+from tests.nets import random_weights, thin
 
 CLIENTS = SHARED / "clients"
-#: Channel divisor for VGG-sized nets (FCN, SegNet, Dilation, CRF-RNN): 64 -> 8, 4096 -> 512.
-THIN = 8
 DEMO_PROTOTXT = DEMO_DIR / "demo.prototxt"
 #: FCN's VOC mean (B, G, R), as infer.py and its VOC data layer subtract it.
 FCN_MEAN = np.array((104.00698793, 116.66876762, 122.67891434))
@@ -107,46 +106,6 @@ def _module(name: str, path: Path, text: str) -> types.ModuleType:
     return module
 
 
-def _thin(src: Path, dst: Path, factor: int = THIN, edit: Callable[[Any], None] | None = None) -> Path:
-    """``src`` with every ``num_output`` >= 64 divided by ``factor`` (and ``edit`` applied), written to ``dst``."""
-    net = caffe_pb2.NetParameter()
-    text_format.Merge(src.read_text(), net)
-    for layer in net.layer:
-        if layer.HasField("convolution_param") and layer.convolution_param.num_output >= 64:
-            layer.convolution_param.num_output //= factor
-    if edit is not None:
-        edit(net)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    dst.write_text(text_format.MessageToString(net))
-    return dst
-
-
-def _weights(prototxt: Path, dst: Path, seed: int = 0, **open_args: Any) -> Path:
-    """A caffemodel of random float32 blobs of the shapes ``prototxt`` implies. Kernels are scaled by
-    sqrt(2 / fan-in) and BN scales drawn near 1 (not a flat 0.01) so activations survive 15+ layers and the
-    argmax changes across the image: a net that predicts one class everywhere would let a wrong forward pass."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        net = open_net(prototxt, **open_args).net
-    rng = np.random.default_rng(seed)
-    blobs = {}
-    for layer in net.layers:
-        arrays = []
-        for i, shape in enumerate(layer.blob_shapes):
-            if layer.type == "BN":
-                value = (1.0 if i == 0 else 0.0) + 0.1 * rng.standard_normal(shape)
-            elif i == 0 and len(shape) == 4:
-                value = rng.standard_normal(shape) * np.sqrt(2.0 / max(1, int(np.prod(shape[1:]))))
-            else:
-                value = 0.1 * rng.standard_normal(shape)
-            arrays.append(value.astype(np.float32))
-        if arrays:
-            blobs[layer.name] = arrays
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    write_weights(dst, blobs)
-    return dst
-
-
 def _graph(prototxt: Path, weights: Path, shape: Sequence[int] | None = None) -> Callable[[np.ndarray], Any]:
     """protoseg's own graph for the net: a function from an input array to its output array(s)."""
     with warnings.catch_warnings():
@@ -197,7 +156,7 @@ class _Pyplot:
 
 
 def _input_size(height: int, width: int) -> Callable[[Any], None]:
-    """A ``_thin`` edit giving a net with an ``input_shape`` header another input height and width."""
+    """A ``thin`` edit giving a net with an ``input_shape`` header another input height and width."""
 
     def edit(net: Any) -> None:
         net.input_shape[0].dim[2:] = [height, width]
@@ -220,8 +179,8 @@ def test_fcn_infer_with_vis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     Patched: vis.py ``xrange`` -> ``range``. Left out: nothing (the net is voc-fcn8s/deploy.prototxt thinned,
     with random weights; demo/image.jpg is a real VOC photo)."""
     infer, vis_path = need(CLIENTS / "fcn/infer.py"), need(CLIENTS / "fcn/vis.py")
-    model = _thin(need(PUBLISHED / "fcn/voc-fcn8s/deploy.prototxt"), tmp_path / "voc-fcn8s/deploy.prototxt")
-    weights = _weights(model, tmp_path / "voc-fcn8s/fcn8s-heavy-pascal.caffemodel")
+    model = thin(need(PUBLISHED / "fcn/voc-fcn8s/deploy.prototxt"), tmp_path / "voc-fcn8s/deploy.prototxt")
+    weights = random_weights(model, tmp_path / "voc-fcn8s/fcn8s-heavy-pascal.caffemodel")
     (tmp_path / "demo").mkdir()
     shutil.copyfile(need(IMAGES / "example_pascal_voc.jpg"), tmp_path / "demo/image.jpg")
     vis = _module("vis", vis_path, vis_path.read_text().replace("xrange(", "range("))
@@ -299,8 +258,8 @@ def test_fcn_score_seg_tests_on_solver_nets(tmp_path: Path, monkeypatch: pytest.
     score = _module("score", score_py, _source(score_py, prints=True))
     score.Image = _PaletteFromarray()
     for phase in ("train", "val"):
-        _thin(need(PUBLISHED / f"fcn/voc-fcn8s/{phase}.prototxt"), tmp_path / f"{phase}.prototxt")
-    weights = _weights(tmp_path / "val.prototxt", tmp_path / "fcn8s.caffemodel")
+        thin(need(PUBLISHED / f"fcn/voc-fcn8s/{phase}.prototxt"), tmp_path / f"{phase}.prototxt")
+    weights = random_weights(tmp_path / "val.prototxt", tmp_path / "fcn8s.caffemodel")
     (tmp_path / "solver.prototxt").write_text(
         'train_net: "train.prototxt"\ntest_net: "val.prototxt"\ntest_iter: 3\ntest_interval: 999999999\n'
         'lr_policy: "fixed"\nbase_lr: 1e-14\nmomentum: 0.99\nmax_iter: 100000\nweight_decay: 0.0005\n'
@@ -359,7 +318,7 @@ def _segnet_data(tmp_path: Path, model: str, lines: int = 1) -> tuple[Path, list
     def source(net: Any) -> None:
         net.layer[0].dense_image_data_param.source = str(tmp_path / "test.txt")
 
-    return _thin(need(PUBLISHED / model), tmp_path / Path(model).name, edit=source), listed
+    return thin(need(PUBLISHED / model), tmp_path / Path(model).name, edit=source), listed
 
 
 def test_segnet_test_segmentation_camvid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -370,7 +329,7 @@ def test_segnet_test_segmentation_camvid(tmp_path: Path, monkeypatch: pytest.Mon
     images), pylab, scipy and sklearn (not installed; unused but for plotting). Left out: the plot windows."""
     script = need(CLIENTS / "segnet/test_segmentation_camvid.py")
     model, photos = _segnet_data(tmp_path, "segnet/segnet_inference.prototxt", lines=2)
-    weights = _weights(model, tmp_path / "segnet.caffemodel", input_shapes={"data": (1, 3, 360, 480)})
+    weights = random_weights(model, tmp_path / "segnet.caffemodel", input_shapes={"data": (1, 3, 360, 480)})
     text = _source(script, [("import matplotlib.pyplot as plt\n", ""), ("import scipy\n", ""),
                             ("import pylab\n", ""), ("from sklearn.preprocessing import normalize\n", "")],
                    prints=True)
@@ -401,8 +360,8 @@ def test_segnet_test_bayesian_segnet(tmp_path: Path, monkeypatch: pytest.MonkeyP
     reference run, which builds its graph the same way, so both draw the same masks."""
     pytest.importorskip("cv2")  # the script reads its colour table and labels with OpenCV
     script = need(CLIENTS / "segnet/test_bayesian_segnet.py")
-    model = _thin(need(PUBLISHED / "segnet/bayesian_segnet_camvid.prototxt"), tmp_path / "bayesian.prototxt")
-    weights = _weights(model, tmp_path / "bayesian.caffemodel")
+    model = thin(need(PUBLISHED / "segnet/bayesian_segnet_camvid.prototxt"), tmp_path / "bayesian.prototxt")
+    weights = random_weights(model, tmp_path / "bayesian.caffemodel")
     photo = _photo("cat.jpg", tmp_path / "cat.png")  # 480 x 360 already
     gt = _label_png("dog_pascal_voc.png", tmp_path / "cat_gt.png", (480, 360))
     camvid = voc_palette(12)
@@ -442,7 +401,7 @@ def test_segnet_bn_absorber(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     Patched: Python 2 print, ``xrange``. Left out: nothing."""
     script = need(CLIENTS / "segnet/BN-absorber.py")
     model, (photo,) = _segnet_data(tmp_path, "segnet/segnet_inference.prototxt")
-    weights = _weights(model, tmp_path / "segnet.caffemodel", input_shapes={"data": (1, 3, 360, 480)})
+    weights = random_weights(model, tmp_path / "segnet.caffemodel", input_shapes={"data": (1, 3, 360, 480)})
     out = tmp_path / "out"
     monkeypatch.setattr(sys, "argv", ["BN-absorber.py", "--model", str(model), "--weights", str(weights),
                                       "--out_dir", str(out), "--gpu", "1"])
@@ -481,9 +440,9 @@ def test_enet_test_segmentation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     def half_size(net: Any) -> None:
         net.layer[0].input_param.shape[0].dim[2:] = [256, 512]
 
-    model = _thin(need(PUBLISHED / "enet/enet_deploy_final.prototxt"), tmp_path / "enet.prototxt", factor=1,
+    model = thin(need(PUBLISHED / "enet/enet_deploy_final.prototxt"), tmp_path / "enet.prototxt", factor=1,
                   edit=half_size)
-    weights = _weights(model, tmp_path / "enet.caffemodel")
+    weights = random_weights(model, tmp_path / "enet.caffemodel")
     colours = voc_palette(19)
     _lut_png(tmp_path / "cityscapes19.png", colours)
     photo = _photo("people.jpg", tmp_path / "people.png")  # PNG in, PNG out (the script keeps the extension)
@@ -506,7 +465,7 @@ def test_enet_test_segmentation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 def _enet_absorbed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path, Path]:
     script = need(CLIENTS / "enet/BN-absorber-enet.py")
     model = need(PUBLISHED / "enet/enet_deploy.prototxt")
-    weights = _weights(model, tmp_path / "bn_weights.caffemodel")
+    weights = random_weights(model, tmp_path / "bn_weights.caffemodel")
     out = tmp_path / "final_model_weights"
     monkeypatch.setattr(sys, "argv", ["BN-absorber-enet.py", "--model", str(model), "--weights", str(weights),
                                       "--out_dir", str(out), "--gpu", "1"])
@@ -570,9 +529,9 @@ def test_dilation_predict(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     cv2 = pytest.importorskip("cv2")
     script = need(CLIENTS / "dilation/predict.py")
 
-    model = _thin(need(PUBLISHED / "dilation/dilation10_cityscapes_deploy.prototxt"),
+    model = thin(need(PUBLISHED / "dilation/dilation10_cityscapes_deploy.prototxt"),
                   tmp_path / "models/dilation10_cityscapes_deploy.prototxt", edit=_input_size(436, 436))
-    weights = _weights(model, tmp_path / "pretrained/dilation10_cityscapes.caffemodel")
+    weights = random_weights(model, tmp_path / "pretrained/dilation10_cityscapes.caffemodel")
     palette = voc_palette(19)
     (tmp_path / "datasets").mkdir()
     (tmp_path / "datasets/cityscapes.json").write_text(json.dumps(
@@ -636,10 +595,10 @@ def test_dilation_network_writes_the_published_front_end(tmp_path: Path) -> None
     assert list(layers["data"].top) == ["data", "label"]
 
     (tmp_path / "generated.prototxt").write_text(text_format.MessageToString(generated))
-    mine = _thin(tmp_path / "generated.prototxt", tmp_path / "generated_thin.prototxt")
-    theirs = _thin(need(PUBLISHED / "dilation/dilation8_camvid_deploy.prototxt"), tmp_path / "camvid.prototxt",
+    mine = thin(tmp_path / "generated.prototxt", tmp_path / "generated_thin.prototxt")
+    theirs = thin(need(PUBLISHED / "dilation/dilation8_camvid_deploy.prototxt"), tmp_path / "camvid.prototxt",
                    edit=_input_size(436, 436))
-    weights = _weights(theirs, tmp_path / "camvid.caffemodel")
+    weights = random_weights(theirs, tmp_path / "camvid.caffemodel")
     x = np.random.default_rng(1).uniform(-100, 100, (1, 3, 436, 436)).astype(np.float32)
     net = caffe.Net(str(mine), str(weights), caffe.TEST)
     net.forward(data=x)
@@ -659,8 +618,8 @@ def test_crfasrnn_demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     permutohedral filtering at 500 x 500 takes seconds). Left out: nothing. What the script fed the net is
     recorded (``forward_all`` wrapped) and compared with the photo read here, then run through the graph."""
     script = need(CLIENTS / "crfasrnn/crfasrnn_demo.py")
-    model = _thin(need(PUBLISHED / "crfasrnn/TVG_CRFRNN_new_deploy.prototxt"), tmp_path / "crfrnn.prototxt")
-    weights = _weights(model, tmp_path / "crfrnn.caffemodel", input_shapes={"data": (1, 3, 128, 128)})
+    model = thin(need(PUBLISHED / "crfasrnn/TVG_CRFRNN_new_deploy.prototxt"), tmp_path / "crfrnn.prototxt")
+    weights = random_weights(model, tmp_path / "crfrnn.caffemodel", input_shapes={"data": (1, 3, 128, 128)})
     photo = need(IMAGES / "sheep.jpg")  # 500 x 332
     ns = _run(script, _source(script, [("xrange(", "range(")]), name="crfasrnn_demo")
     ns.update(_MODEL_DEF_FILE=str(model), _MODEL_FILE=str(weights), _MAX_DIM=128)

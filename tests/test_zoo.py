@@ -15,13 +15,16 @@ from google.protobuf import text_format
 
 from protoseg import zoo
 from protoseg.errors import ProtosegError, ProtosegWarning
+from protoseg.forks import FORKS
 from protoseg.io.upgrade import load_net
+from protoseg.loader import open_net
 from protoseg.proto import caffe_pb2
 from tests.conftest import FIXTURES, PUBLISHED, ROOT, need
 
 # Layers that feed, score or dump the net during Caffe's own test runs; a deploy net has none of them.
-NOT_INFERENCE = {"Input", "Python", "ImageSegData", "ImageData", "Data", "SoftmaxWithLoss", "Accuracy",
-                 "SegAccuracy", "MatWrite", "Silence"}
+NOT_INFERENCE = {"Input", "Python", "ImageSegData", "ImageData", "Data", "DenseImageData", "ImageLabelmapData",
+                 "WindowSegData", "MemoryData", "SoftmaxWithLoss", "SigmoidCrossEntropyLoss", "Accuracy", "SegAccuracy",
+                 "SegmentPixelIOU", "MatWrite", "Silence"}
 
 # zoo name -> (published test net under ../shared/published, net case whose case.json holds its ${} defines)
 PUBLISHED_NETS = {
@@ -31,7 +34,20 @@ PUBLISHED_NETS = {
     "deeplab-v1-largefov": ("deeplab_v1/largefov/test.prototxt", "deeplab_v1_largefov_test"),
     "deeplab-v2-vgg16": ("deeplab_v2/vgg16/test.prototxt", "deeplab_v2_vgg16_test"),
     "deeplab-v2-resnet101": ("deeplab_v2/resnet101/test.prototxt", "deeplab_v2_resnet101_test"),
+    "segnet-driving": ("segnet/segnet_model_driving_webdemo.prototxt", None),
+    "bayesian-segnet-camvid": ("segnet/bayesian_segnet_camvid.prototxt", None),
+    "enet-cityscapes": ("enet/enet_deploy_final.prototxt", None),
+    "dilation8-voc": ("dilation/dilation8_pascal_voc_deploy.prototxt", None),
+    "dilation10-cityscapes": ("dilation/dilation10_cityscapes_deploy.prototxt", None),
+    "crfasrnn-voc": ("crfasrnn/TVG_CRFRNN_new_deploy.prototxt", None),
+    "hed-bsds": ("hed/deploy.prototxt", None),
+    "pspnet50-ade20k": ("pspnet/pspnet50_ADE20K_473.prototxt", None),
+    "pspnet101-cityscapes": ("pspnet/pspnet101_cityscapes_713.prototxt", None),
+    "icnet-cityscapes": ("icnet/icnet_cityscapes.prototxt", None),
 }
+#: The class lists each release was trained on.
+DATASETS = {zoo.VOC_CLASSES: "VOC20", zoo.CAMVID_CLASSES: "CamVid", zoo.CITYSCAPES_CLASSES: "Cityscapes",
+            zoo.ADE20K_CLASSES: "ADE20K", ("edge",): "BSDS500"}
 
 
 def _load_quiet(path: Path, defines: dict[str, str] | None = None) -> caffe_pb2.NetParameter:
@@ -58,12 +74,11 @@ def _inference_layers(net: caffe_pb2.NetParameter) -> list[caffe_pb2.LayerParame
         # a param {} left empty said only lr/decay: drop trailing empties so "no param" equals "param {}".
         while len(lp.param) and lp.param[-1] == caffe_pb2.ParamSpec():
             del lp.param[-1]
-        for holder in ("convolution_param", "inner_product_param", "scale_param", "bias_param"):
-            if lp.HasField(holder):
-                sub = getattr(lp, holder)
-                for filler in ("weight_filler", "bias_filler", "filler"):
-                    if filler in type(sub).DESCRIPTOR.fields_by_name:
-                        sub.ClearField(filler)
+        for holder, sub in lp.ListFields():  # fillers only initialise training (BN's scale/shift/slope too)
+            if holder.name.endswith("_param") and holder.message_type is not None:
+                for field, _ in sub.ListFields():
+                    if field.name.endswith("filler"):
+                        sub.ClearField(field.name)
         out.append(lp)
     return out
 
@@ -122,22 +137,30 @@ def test_registry_entry_is_complete(name: str) -> None:
     assert entry.name == name and entry.title and entry.paper
     assert re.fullmatch(r"https?://\S+", entry.url)
     assert entry.sha1 is None or re.fullmatch(r"[0-9a-f]{40}", entry.sha1)
+    assert entry.md5 is None or re.fullmatch(r"[0-9a-f]{32}", entry.md5)
     assert entry.archive_member is None or entry.url.endswith(".zip")
-    assert entry.categories == zoo.VOC_CLASSES and entry.num_classes == 21
-    assert len(entry.mean_bgr) == 3 and all(100 < m < 130 for m in entry.mean_bgr)
-    assert entry.scores
+    assert entry.fit in zoo.FITS and (entry.fit == "tile") == (entry.tile is not None)
+    assert len(entry.mean_bgr) == 3 and all(0 <= m < 130 for m in entry.mean_bgr) and entry.scale > 0
+    assert len(set(entry.categories)) == entry.num_classes and all(c == c.strip() for c in entry.categories)
+    dataset = DATASETS.get(entry.categories, "")
+    assert dataset or entry.name == "segnet-driving"  # the one release that names no classes
+    assert entry.scores or "no score" in entry.note  # say so where the release reports none
     for score in entry.scores:
-        assert 0 < score.miou < 100 and score.split.startswith("VOC20") and score.source
+        assert 0 < score.value < 100 and score.split.startswith(dataset) and score.source
+        assert score.metric == "mIoU" or score.value < 1  # F-measures are fractions
+    if entry.fork is not None:
+        assert entry.fork in FORKS
 
     net = _load_quiet(entry.prototxt_path())
     first = net.layer[0]
     assert first.type == "Input" and list(first.top) == ["data"]
     assert list(first.input_param.shape[0].dim) == [1, 3, *entry.input_size]
-    assert entry.output in net.layer[-1].top
     assert sum(1 for lp in net.layer if lp.type in NOT_INFERENCE) == 1  # the Input layer only
-    # the classifier that sets the class count: the last layer with learned outputs
-    classifier = [lp for lp in net.layer if lp.type in ("Convolution", "Deconvolution")][-1]
-    assert classifier.convolution_param.num_output == entry.num_classes
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ProtosegWarning)
+        opened = open_net(entry.prototxt_path(), fork=entry.fork, outputs=[entry.output])
+    assert opened.net.fork == (entry.fork or opened.net.fork)
+    assert opened.net.shape(entry.output)[1] == entry.num_classes  # the scores have one channel per class
 
 
 def test_resnet_scales_share_every_weight() -> None:

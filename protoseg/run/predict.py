@@ -3,7 +3,9 @@
 Scores always come back at the image's own size. FCN nets end in a Crop to the input and DeepLab's test nets
 in an Interp to it, so normally nothing is resized; a net whose output has another size (a DeepLab v1 net
 without its ``fc8_interp``, say) is resized bilinearly with Caffe Interp's corner alignment, with a warning.
-Padded inputs (DeepLab, fixed-size ``.pt2``) are cropped back to the image.
+Padded inputs (DeepLab, fixed-size ``.pt2``) are cropped back to the image; resized ones (SegNet, ENet, ICNet)
+are resized back (bilinear, pixel centres aligned, as their scripts resize the image); tiled ones (PSPNet,
+Dilation: :mod:`protoseg.run.tiling`) are assembled at the image's size.
 
 Images are batched only with neighbours of the same input size: padding an FCN input to batch it would change
 its scores near the border.
@@ -41,7 +43,7 @@ class Prediction:
 
     name: str  # the image's file stem (or a caller's name for an array)
     image: np.ndarray  # H×W×3 uint8 RGB, as read
-    scores: np.ndarray  # float32 C×H×W, the net's raw output (no softmax); with samples, their mean
+    scores: np.ndarray  # float32 C×H×W, the net's output (PSPNet's tiling: probabilities); with samples, their mean
     labels: np.ndarray  # int64 H×W, argmax of scores
     crf_labels: np.ndarray | None = None  # int64 H×W after DenseCRF, when asked for
     variance: np.ndarray | None = None  # float32 C×H×W over Monte Carlo samples (Bayesian SegNet), when asked for
@@ -72,6 +74,8 @@ class Segmenter:
         precision: str = "fp32",
         fast: bool = True,
         threshold: float = 0.5,
+        tiling: zoo.Tiling | None = None,
+        window: tuple[int, int] | None = None,
     ) -> None:
         self.device = torch.device(device)
         if self.device.type == "cuda":
@@ -98,6 +102,10 @@ class Segmenter:
         #: Forward passes per image; their outputs' mean and variance are reported (Bayesian SegNet: the nets'
         #: Dropout layers with sample_weights_test draw anew each pass, from torch's generator seeded by ``seed``).
         self.samples, self.seed = samples, seed
+        #: Sliding windows of ``window`` (H, W) over each image instead of one forward pass (PSPNet, Dilation).
+        self.tiling, self.window = tiling, window
+        if tiling is not None and (window is None or samples != 1 or "data_dim" in self.input_names):
+            raise ProtosegError(f"{name}: tiled inference needs the window size and runs one sample per window")
         self._warned_resize = False
         extra = [n for n in self.input_names[1:] if n != "data_dim"]
         if extra:
@@ -128,13 +136,17 @@ class Segmenter:
         entry = entry or _zoo_entry_for(prototxt)
         output = kwargs.pop("output", None) or (entry.output if entry is not None else None)
         # the chosen blob becomes the net's output, even one that later layers consume
+        if entry is not None:
+            fork = fork or entry.fork
+            scale = scale if scale is not None or entry.scale == 1 else entry.scale
         opened = open_net(prototxt, weights, defines=dict(defines) if defines else None, fork=fork,
                           outputs=[output] if output else None)
         pre = from_netparam(
             opened.netparam,
             prototxt=prototxt,
             mean=mean,
-            pad_to=entry.input_size if entry is not None and entry.pad_to_input else None,
+            pad_to=entry.input_size if entry is not None and entry.fit == "pad" else None,
+            resize_to=entry.input_size if entry is not None and entry.fit == "resize" else None,
             fallback_mean=entry.mean_bgr if entry is not None else None,
             fallback_source=f"zoo entry {entry.name!r}" if entry is not None else "",
             fork=opened.net.fork,
@@ -143,6 +155,9 @@ class Segmenter:
         net = opened.net
         inputs = [net.caffe_name.get(i, i) for i in net.inputs]
         categories = kwargs.pop("categories", None) or (entry.categories if entry is not None else None)
+        if entry is not None and entry.tile is not None:
+            kwargs.setdefault("tiling", entry.tile)
+            kwargs.setdefault("window", entry.input_size)
         return cls(opened.graph(), pre, output=output, input_names=inputs, categories=categories,
                    name=kwargs.pop("name", Path(prototxt).name), **kwargs)
 
@@ -201,7 +216,12 @@ class Segmenter:
             dims = [[[[h, w]]] for h, w in sizes] + [[[list(sizes[-1])]]] * (batch.shape[0] - n_real)
             args.append(torch.tensor(dims, dtype=torch.float32, device=self.device))
         variance = None
-        if self.samples == 1:
+        if self.tiling is not None:
+            from protoseg.run.tiling import tiled_scores
+
+            out = torch.cat([tiled_scores(lambda w: self._pick(self.module(w)), x[i:i + 1], self.window, self.tiling)
+                             for i in range(n_real)])
+        elif self.samples == 1:
             out = self._pick(self.module(*args))[:n_real]
         else:
             draws = torch.stack([self._pick(self.module(*args))[:n_real] for _ in range(self.samples)])
@@ -226,15 +246,20 @@ class Segmenter:
                                 "channel (a probability or edge map)")
         results = []
         for i, (h, w) in enumerate(sizes):
-            scores = out[i:i + 1, :, :h, :w]
+            scores, blob = out[i:i + 1], x[i:i + 1]
+            var = None if variance is None else variance[i:i + 1]
+            if self.preprocess.resize_to is not None:  # back from the net's size, as the image was resized to it
+                scores, blob, var = (None if t is None else torch.nn.functional.interpolate(
+                    t, size=(h, w), mode="bilinear", align_corners=False) for t in (scores, blob, var))
+            scores, blob = scores[:, :, :h, :w], blob[:, :, :h, :w]
             crf_labels = None
             if self.crf_params is not None:
                 from protoseg.crf import dense_crf
 
-                probs = dense_crf(scores, x[i:i + 1, :, :h, :w], **self.crf_params.as_kwargs())
+                probs = dense_crf(scores, blob, **self.crf_params.as_kwargs())
                 crf_labels = probs[0].argmax(0).cpu().numpy()
             scores_np = scores[0].float().cpu().numpy()
-            var = None if variance is None else variance[i, :, :h, :w].float().cpu().numpy()
+            var = None if var is None else var[0, :, :h, :w].float().cpu().numpy()
             labels = (scores_np[0] > self.threshold).astype(np.int64) if len(scores_np) == 1 else scores_np.argmax(0)
             results.append(Prediction(names[i], images[i], scores_np, labels, crf_labels, var))
         return results
@@ -264,7 +289,7 @@ class Segmenter:
         key = None
         try:
             for img, name in _decoded(items, workers):
-                size = self.preprocess.pad_to or img.shape[:2]
+                size = self.preprocess.pad_to or self.preprocess.resize_to or img.shape[:2]
                 if pending and (size != key or len(pending) >= batch_size):
                     yield from self._flush(pending, bar)
                     pending = []

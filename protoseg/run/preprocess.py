@@ -9,11 +9,13 @@ Image files are read with Pillow: grayscale is replicated to three channels, pal
 RGB, and an alpha channel is **dropped** (the nets never saw one; the pixels are taken as they are stored, not
 composited over a background).
 
-DeepLab's test nets (an ``ImageSegData`` layer with ``crop_size``, or a zoo entry with ``pad_to_input``) see
+DeepLab's test nets (an ``ImageSegData`` layer with ``crop_size``, or a zoo entry with ``fit="pad"``) see
 every image padded at the bottom and right to ``crop_size`` with the mean (zeros after mean subtraction) and
 their scores cropped back; a ``.pt2`` exported at one fixed size is fed the same way. An image larger than
 that is an error, not silently resized or cropped: DeepLab's own test script requires images no larger than
-the crop, and resizing would change what the published scores mean. FCN nets take any size as is.
+the crop, and resizing would change what the published scores mean. FCN nets take any size as is. Releases
+whose test code resizes every image to the net (SegNet, ENet, ICNet: zoo ``fit="resize"``) are fed that way,
+and their scores resized back; those that slide windows (PSPNet, Dilation) go through :mod:`protoseg.run.tiling`.
 """
 
 from __future__ import annotations
@@ -43,17 +45,20 @@ class Preprocess:
     mean: np.ndarray  # subtracted from 0..255 BGR pixels: shape (3,) per channel, or (3, H, W) from a mean_file
     scale: float = 1.0  # multiplied after the mean is subtracted (transform_param.scale)
     pad_to: tuple[int, int] | None = None  # (H, W): pad every image bottom/right with the mean to this size
+    resize_to: tuple[int, int] | None = None  # (H, W): resize every image to this size (bilinear), as SegNet, ENet
     bgr: bool = True  # Caffe's loaders give BGR; False only for nets trained on RGB
     source: str = ""  # where the mean came from, for messages
 
     def blob(self, image: np.ndarray, *, name: str = "image") -> tuple[np.ndarray, tuple[int, int]]:
         """The 3×H'×W' float32 input for an H×W×3 uint8 RGB ``image``, and the image's own (H, W).
 
-        H'×W' is the image size, or ``pad_to`` when the net pads (see the module notes).
+        H'×W' is the image size, or ``pad_to`` when the net pads, or ``resize_to`` (see the module notes).
         """
         h, w = image.shape[:2]
         pixels = image[..., ::-1] if self.bgr else image
         chw = np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)
+        if self.resize_to is not None and (h, w) != tuple(self.resize_to):
+            chw = resize_bilinear(chw, self.resize_to)
         mean = self.mean.astype(np.float32)
         if self.pad_to is not None:
             ph, pw = self.pad_to
@@ -84,6 +89,16 @@ class Preprocess:
     def padded(self, pad_to: tuple[int, int] | None) -> Preprocess:
         """This preprocessing with another padding target (None: feed images at their own size)."""
         return replace(self, pad_to=pad_to)
+
+
+def resize_bilinear(chw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``chw`` resized to ``size`` (H, W) as OpenCV's ``INTER_LINEAR`` resizes float images (pixel centres
+    aligned, no antialiasing), which is what SegNet's and ENet's test scripts call."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(chw))[None]
+    out = torch.nn.functional.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+    return out[0].numpy()
 
 
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
@@ -189,14 +204,16 @@ def from_netparam(
     fallback_source: str = "",
     fork: str = "bvlc",
     scale: float | None = None,
+    resize_to: tuple[int, int] | None = None,
 ) -> Preprocess:
     """The :class:`Preprocess` of an upgraded V2 ``NetParameter``.
 
     ``mean`` (from ``--mean``) overrides everything (a ``mean_file`` is then not even opened); otherwise the
     first data layer's ``transform_param`` decides, and for a deploy net with an ``Input`` layer (which has
     none) ``fallback_mean`` (from the zoo). ``pad_to`` (H, W) pads like DeepLab when the data layer has no
-    ``crop_size`` of its own (zoo ``pad_to_input``). ``scale`` (from ``--scale``) overrides
-    ``transform_param.scale``, multiplied after the mean is subtracted, as Caffe does.
+    ``crop_size`` of its own (zoo ``fit="pad"``); ``resize_to`` resizes every image (zoo ``fit="resize"``).
+    ``scale`` (from ``--scale``) overrides ``transform_param.scale``, multiplied after the mean is subtracted, as
+    Caffe does.
     """
     where = str(prototxt)
     layer = next((lp for lp in data_layers(netparam, fork) if lp.HasField("transform_param")), None)
@@ -239,4 +256,5 @@ def from_netparam(
                             f"{scale} must be finite numbers")
     if crop is None:
         crop = pad_to
-    return Preprocess(mean=found, scale=scale, pad_to=crop, source=source)
+    return Preprocess(mean=found, scale=scale, pad_to=None if resize_to else crop, resize_to=resize_to,
+                      source=source)
