@@ -200,3 +200,21 @@ def test_convert_onnx_runs_in_onnxruntime(tiny, tmp_path) -> None:
     session = ort.InferenceSession(str(out))
     (y,) = session.run(None, {session.get_inputs()[0].name: x})
     assert np.allclose(y, ref["score"], atol=1e-5)
+
+
+def test_verify_a_parameter_free_net_reshaped_to_the_reference(tmp_path, capsys) -> None:
+    """No WEIGHTS for a net without parameters, and the reference's input shape wins over the prototxt's
+    (Caffe's reshape), down to another batch, channel count and size."""
+    net = tmp_path / "free.prototxt"
+    net.write_text('input: "data" input_shape { dim: 2 dim: 6 dim: 75 dim: 113 }\n'
+                   'layer { name: "r" type: "ReLU" bottom: "data" top: "r" }\n'
+                   'layer { name: "p" type: "Power" bottom: "r" top: "p"\n'
+                   '        power_param { power: 2 scale: 0.5 shift: 1 } }\n')
+    x = np.random.default_rng(3).standard_normal((1, 2, 3, 4)).astype(np.float32)
+    r = np.maximum(x, 0)
+    ref = tmp_path / "ref.npz"
+    np.savez(ref, data=x, r=r, p=(1 + 0.5 * r) ** 2)
+    assert main(["verify", str(net), "-r", str(ref)]) == 0
+    assert "2/2 blobs within rtol" in capsys.readouterr().out
+    np.savez(ref, data=x, r=r, p=(1 + 0.5 * r) ** 2 + 0.5)
+    assert main(["verify", str(net), "-r", str(ref)]) == 1
