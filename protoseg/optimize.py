@@ -20,22 +20,31 @@ outputs within the fixtures' tolerances (``tests/test_optimize.py``).
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from protoseg.errors import ProtosegError
+from protoseg.errors import ProtosegError, ProtosegWarning
 from protoseg.layers.activation import ReLU
 from protoseg.layers.conv import Conv2d, ConvTranspose2d
 from protoseg.layers.eltwise import Eltwise
 
-__all__ = ["PRECISIONS", "optimize"]
+__all__ = ["PRECISIONS", "native_bf16", "optimize"]
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def native_bf16() -> bool:
+    """Whether oneDNN runs bf16 on this CPU: it needs AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT, and refuses the
+    prepacked bf16 kernels elsewhere; PyTorch's own kernels still compute bf16 there, emulated and slowly."""
+    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def _mkldnn_ok(device: torch.device, dtype: torch.dtype) -> bool:
-    return device.type == "cpu" and torch.backends.mkldnn.is_available() and dtype in (torch.float32, torch.bfloat16)
+    return device.type == "cpu" and torch.backends.mkldnn.is_available() and (
+        dtype == torch.float32 or (dtype == torch.bfloat16 and native_bf16()))
 
 
 class FusedConv(nn.Module):
@@ -183,6 +192,10 @@ def optimize(gm: fx.GraphModule, *, precision: str = "fp32", device: str | torch
     if precision not in PRECISIONS:
         raise ProtosegError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     dtype, device = PRECISIONS[precision], torch.device(device)
+    if fuse and dtype == torch.bfloat16 and device.type == "cpu" and not native_bf16():
+        warnings.warn("this CPU has no bf16 instructions oneDNN can use (AVX-512 BW/VL/DQ or AVX-NE-CONVERT): bf16 "
+                      "runs in PyTorch's emulated kernels, slower than fp32; choose --precision fp32 here",
+                      ProtosegWarning, stacklevel=2)
     modules = dict(gm.named_modules())
     # Plan first: each convolution with what folds into it, then the shortcut joins that take one of them.
     folds = {n: _fold(gm, n) for n in gm.graph.nodes

@@ -8,14 +8,15 @@ import pytest
 import torch
 from PIL import Image
 
+from protoseg import optimize as optimize_module
 from protoseg.cli import main
-from protoseg.errors import ProtosegError
+from protoseg.errors import ProtosegError, ProtosegWarning
+from protoseg.graph import to_graph
 from protoseg.io.prototxt import parse_prototxt
 from protoseg.io.upgrade import upgrade_net
 from protoseg.ir import build_net
-from protoseg.graph import to_graph
 from protoseg.loader import load
-from protoseg.optimize import FusedConv, optimize
+from protoseg.optimize import FusedConv, native_bf16, optimize
 from protoseg.run.demo import DEMO_DIR
 from protoseg.run.predict import Segmenter
 from tests.conftest import IMAGES, need
@@ -72,7 +73,29 @@ def test_unknown_precision_is_refused() -> None:
         optimize(_chain(), precision="int8")
 
 
-def test_bf16_labels_agree_on_real_photographs() -> None:
+@pytest.fixture(params=["native", "emulated"])
+def bf16_kernels(request, monkeypatch) -> str:
+    """bf16 both ways a CPU runs it: oneDNN's kernels where the CPU has the instructions they need, PyTorch's
+    emulated ones everywhere (forced here, as on a CPU with AVX2 only)."""
+    if request.param == "native" and not native_bf16():
+        pytest.skip("this CPU has no bf16 instructions oneDNN uses")
+    if request.param == "emulated":
+        monkeypatch.setattr(optimize_module, "native_bf16", lambda: False)
+    return request.param
+
+
+def test_bf16_without_native_kernels_warns_and_runs_emulated(monkeypatch) -> None:
+    monkeypatch.setattr(optimize_module, "native_bf16", lambda: False)
+    gm = _chain()
+    with pytest.warns(ProtosegWarning, match="no bf16 instructions"):
+        fast = optimize(gm, precision="bf16")
+    assert not any(isinstance(m, FusedConv) and m.packed for m in fast.modules())
+    x = torch.randn(1, 3, 9, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), gm(x), rtol=0.05, atol=0.05)
+
+
+def test_bf16_labels_agree_on_real_photographs(bf16_kernels: str) -> None:
     photos = sorted(need(IMAGES).glob("*.jpg"))
     fp32 = Segmenter.from_caffe(PROTOTXT, WEIGHTS)
     bf16 = Segmenter.from_caffe(PROTOTXT, WEIGHTS, precision="bf16")
@@ -83,7 +106,7 @@ def test_bf16_labels_agree_on_real_photographs() -> None:
     assert same / total >= BF16_AGREEMENT, same / total
 
 
-def test_load_fast(tmp_path) -> None:
+def test_load_fast(tmp_path, bf16_kernels: str) -> None:
     faithful, fast = load(PROTOTXT, WEIGHTS), load(PROTOTXT, WEIGHTS, fast=True, precision="bf16")
     assert fast.meta["precision"] == "bf16"
     with pytest.raises(ProtosegError, match="needs the fast graph"):
@@ -93,7 +116,7 @@ def test_load_fast(tmp_path) -> None:
         assert (fast(x).argmax(1) == faithful(x).argmax(1)).float().mean() > 0.9
 
 
-def test_convert_in_bf16_runs_back_in_bf16(tmp_path) -> None:
+def test_convert_in_bf16_runs_back_in_bf16(tmp_path, bf16_kernels: str) -> None:
     pt2 = tmp_path / "demo_bf16.pt2"
     assert main(["convert", str(PROTOTXT), str(WEIGHTS), "-o", str(pt2), "--precision", "bf16"]) == 0
     program = torch.export.load(str(pt2)).module()  # plain PyTorch (our own file: trusted)
