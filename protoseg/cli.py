@@ -329,6 +329,67 @@ def demo(out_dir: Path, force: bool) -> None:
     run_demo(out_dir, force=force, echo=click.echo)
 
 
+def _dialects() -> list[str]:
+    from protoseg.to_caffe import DIALECTS
+
+    return list(DIALECTS)
+
+
+def _caffe_graph(spec: Sequence[str], defines, fork: str | None):
+    """The protoseg graph of ``MODEL.pt2`` or ``NET.prototxt WEIGHTS``, recording the net it came from."""
+    from protoseg.to_caffe.source import deploy_netparam, record
+
+    if len(spec) == 1 and spec[0].lower().endswith(".pt2"):
+        from protoseg import pt2
+
+        model = pt2.read(spec[0])
+        record(model.graph, deploy_netparam(model.net), model.net.fork)
+        return model.graph
+    if len(spec) != 2:
+        raise ProtosegError("give a model: a .pt2 written by 'protoseg convert', or NET.prototxt WEIGHTS")
+    from protoseg.loader import open_net
+
+    for path in spec:
+        if not Path(path).is_file():
+            raise ProtosegError(f"{path}: no such file")
+    return open_net(spec[0], spec[1], defines=defines or None, fork=fork).graph()
+
+
+@cli.command(name="export-caffe")
+@click.argument("args", nargs=-1, required=True, metavar="(MODEL.pt2 | NET.prototxt WEIGHTS)")
+@click.option("-o", "--output", "prefix", type=click.Path(path_type=Path), required=True,
+              help="Writes PREFIX.prototxt and PREFIX.caffemodel.")
+@click.option("--params", type=existing, help="A .safetensors of the graph's parameters after fine-tuning "
+              "(safetensors.torch.save_model(gm, FILE)); its values are written instead of the model's.")
+@click.option("--dialect", type=click.Choice(_dialects()), default=None,
+              help="The Caffe to write for (default: the fork the net was read in); it must read every layer alike.")
+@click.option("--name", help="The net's name in the prototxt (default: the net's own).")
+@define_option
+@fork_option
+@click.option("--force", is_flag=True, help="Overwrite existing output files.")
+def export_caffe(args, prefix: Path, params: Path | None, dialect: str | None, name: str | None, defines, fork,
+                 force: bool) -> None:
+    """Write a converted net back to Caffe: a V2 prototxt and a binary caffemodel that Caffe loads.
+
+    MODEL.pt2 is a file written by 'protoseg convert' (it records its net; written as its deploy net), or
+    NET.prototxt WEIGHTS any net protoseg reads (any fork, V0/V1 prototxt, binary or HDF5 caffemodel), written
+    back as V2. Re-reading the files gives the same blobs. To write a PyTorch module of your own, call
+    protoseg.to_caffe.write_caffe(module, example_input, prototxt, caffemodel, dialect=...) from Python.
+    """
+    from protoseg.to_caffe import write_caffe
+    from protoseg.to_caffe.source import load_parameters
+
+    if prefix.suffix in (".prototxt", ".caffemodel"):
+        prefix = prefix.with_suffix("")
+    gm = _caffe_graph(args, defines, fork)
+    if params is not None:
+        load_parameters(gm, params)
+    written = write_caffe(gm, None, prefix.with_name(prefix.name + ".prototxt"),
+                          prefix.with_name(prefix.name + ".caffemodel"), dialect=dialect, name=name, overwrite=force)
+    for path in written:
+        click.echo(f"wrote {path}")
+
+
 def _format_warning(message, category, filename, lineno, file=None, line=None) -> str:
     return f"protoseg: warning: {message}\n"
 

@@ -5,6 +5,9 @@ One ``call_module`` per Caffe layer, the submodule named after the layer and the
 such name goes through :func:`protoseg.names.identifier` (names from files never become code); each node's
 ``meta`` keeps the real ones: ``caffe_layer``, ``caffe_type``, ``caffe_blob`` and ``blob`` (the IR's SSA
 name). Weights shared through ``param { name }`` are one ``nn.Parameter`` held by every layer that shares it.
+With ``trainable`` the graph owns copies of the weights (graphs made from the same arrays share them otherwise),
+those Caffe learns require grad, and the layers follow Caffe's TRAIN phase in ``train()`` mode
+(:mod:`protoseg.train`).
 """
 
 from __future__ import annotations
@@ -18,19 +21,24 @@ from torch import fx, nn
 
 from protoseg.ir import Net
 from protoseg.names import class_name, identifier
+from protoseg.train import enable, resolve_specs
 
 
-def _parameter(array: np.ndarray) -> nn.Parameter:
-    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-    return nn.Parameter(tensor, requires_grad=False)
+def _parameter(array: np.ndarray, copy: bool) -> nn.Parameter:
+    array = np.array(array, dtype=np.float32) if copy else np.ascontiguousarray(array, dtype=np.float32)
+    return nn.Parameter(torch.from_numpy(array), requires_grad=False)
 
 
-def to_graph(net: Net, blobs: Mapping[str, Sequence[np.ndarray]] | None = None) -> fx.GraphModule:
+def to_graph(net: Net, blobs: Mapping[str, Sequence[np.ndarray]] | None = None, *,
+             trainable: bool = False) -> fx.GraphModule:
     """Build the GraphModule of ``net``; ``blobs`` maps layer name -> arrays shaped as ``layer.blob_shapes``
     (see :func:`protoseg.params.match_weights`). Without ``blobs``, parameters are zeros of the right shape.
 
-    ``gm.meta["owners"]`` maps each parameter's qualified name to the ``(layer, blob index)`` that owns it.
+    ``gm.meta["owners"]`` maps each parameter's qualified name to the ``(layer, blob index)`` that owns it. With
+    ``trainable``, ``gm.meta["param_specs"]`` maps each owner to its ``(lr_mult, decay_mult)``
+    (:func:`protoseg.train.resolve_specs`), and parameters with ``lr_mult`` not 0 require grad.
     """
+    specs = resolve_specs(net) if trainable else None
     root = nn.Module()
     graph = fx.Graph()
     env: dict[str, fx.Node] = {}
@@ -52,11 +60,13 @@ def to_graph(net: Net, blobs: Mapping[str, Sequence[np.ndarray]] | None = None) 
                 if blobs is None:
                     params[owner] = nn.Parameter(torch.zeros(layer.blob_shapes[i]), requires_grad=False)
                 else:
-                    params[owner] = _parameter(blobs[owner[0]][owner[1]])
+                    params[owner] = _parameter(blobs[owner[0]][owner[1]], copy=trainable)
                 owner_of[id(params[owner])] = owner
             tensors.append(params[owner])
         attr = identifier(layer.name, attrs, fallback="layer")
         module = layer.converter.module(layer.bottom_shapes, tensors)
+        if trainable:
+            enable(module, layer, net.caffe_name.get(layer.bottoms[0], "") if layer.bottoms else "")
         root.add_module(attr, module)
         for pname, p in module.named_parameters(remove_duplicate=False):
             if id(p) in owner_of:
@@ -81,5 +91,9 @@ def to_graph(net: Net, blobs: Mapping[str, Sequence[np.ndarray]] | None = None) 
     graph.lint()
     gm = fx.GraphModule(root, graph, class_name=class_name(net.name))
     gm.meta["owners"] = owners
+    if specs is not None:
+        for owner, p in params.items():
+            p.requires_grad_(specs[owner][0] != 0)
+        gm.meta["param_specs"] = specs
     gm.eval()
     return gm

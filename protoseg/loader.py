@@ -34,19 +34,26 @@ class OpenNet:
     weights: WeightsFile | None = None
     report: WeightReport | None = None
 
-    def graph(self, *, fast: bool = False, precision: str = "fp32", device: str = "cpu"):
+    def graph(self, *, fast: bool = False, precision: str = "fp32", device: str = "cpu", trainable: bool = False):
         """The GraphModule with the weights loaded; raises WeightMismatchError when they do not fit.
 
         By default the faithful graph (one node per Caffe layer, every blob observable, float32); with ``fast``
-        its fast form in ``precision`` on ``device`` (:func:`protoseg.optimize.optimize`).
+        its fast form in ``precision`` on ``device`` (:func:`protoseg.optimize.optimize`). With ``trainable``,
+        the faithful graph ready to train as Caffe trains it (:mod:`protoseg.train`).
         """
         from protoseg.graph import to_graph
 
+        if trainable and fast:
+            raise ProtosegError("trainable=True needs the faithful graph (the fast one folds BatchNorm and Scale into "
+                                "the convolutions): drop fast=True")
         if self.report is None:
-            gm = to_graph(self.net)
+            gm = to_graph(self.net, trainable=trainable)
         else:
             self.report.raise_if_bad(str(self.weights.path))
-            gm = to_graph(self.net, self.report.blobs)
+            gm = to_graph(self.net, self.report.blobs, trainable=trainable)
+        from protoseg.to_caffe.source import record
+
+        record(gm, self.netparam, self.net.fork)  # the net it came from, for writing it back (protoseg.to_caffe)
         if not fast:
             if precision != "fp32":
                 raise ProtosegError(f"precision {precision!r} needs the fast graph: pass fast=True")
@@ -106,12 +113,16 @@ def load(
     fast: bool = False,
     precision: str = "fp32",
     device: str = "cpu",
+    trainable: bool = False,
 ):
     """The converted net as a ``torch.fx.GraphModule`` in eval mode, weights loaded: the faithful graph (reads
     like the prototxt, every blob observable), or with ``fast`` the fast form in ``precision``
     (``fp32``, ``bf16``, ``fp16``) on ``device``.
 
-    Raises :class:`~protoseg.errors.WeightMismatchError` when the caffemodel does not fit the prototxt.
+    With ``trainable`` the parameters Caffe learns (``lr_mult`` not 0) require grad and ``gm.train()`` switches
+    every layer to its Caffe's TRAIN phase (batch statistics, Dropout); :func:`protoseg.train.param_groups`
+    gives the optimizer groups. Raises :class:`~protoseg.errors.WeightMismatchError` when the caffemodel does not
+    fit the prototxt.
     """
     return open_net(prototxt, weights, defines=defines, input_shapes=input_shapes, outputs=outputs,
-                    fork=fork).graph(fast=fast, precision=precision, device=device)
+                    fork=fork).graph(fast=fast, precision=precision, device=device, trainable=trainable)

@@ -1,4 +1,9 @@
-"""Element-wise layers: ReLU (leaky), PReLU, Sigmoid, TanH, AbsVal, Power, Dropout (identity at test)."""
+"""Element-wise layers: ReLU (leaky), PReLU, Sigmoid, TanH, AbsVal, Power, Dropout (identity at test).
+
+Dropout follows ``src/caffe/layers/dropout_layer.cpp``: in the TRAIN phase each value is kept with probability
+``1 - dropout_ratio`` (``caffe_rng_bernoulli``) and scaled by ``1 / (1 - dropout_ratio)``, the backward applying
+the same mask and scale; at test time it is the identity.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from protoseg.layers.base import Bottoms, Converter, Shape, register
+from protoseg.train import TrainPhase
 
 
 class ReLU(nn.Module):
@@ -125,10 +131,29 @@ class PowerConverter(Converter):
 
 
 class Identity(nn.Module):
-    """Dropout at test time: Caffe scales at training time, so the test-time forward is the identity."""
+    """A layer that only acts in training (Python dropout layers): the identity."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
+
+
+class Dropout(TrainPhase):
+    """Caffe's Dropout: the identity at test time; in the TRAIN phase, or at any time with ``sample_test``
+    (caffe-segnet's ``sample_weights_test``), each value is kept with probability ``1 - ratio`` and scaled by
+    ``1 / (1 - ratio)``. Draws come from torch's generator (``torch.manual_seed`` repeats them)."""
+
+    def __init__(self, ratio: float, sample_test: bool = False):
+        super().__init__()
+        self.ratio, self.sample_test = ratio, sample_test
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.sample_test or self.in_train_phase()):
+            return x
+        keep = torch.rand_like(x) >= self.ratio
+        return torch.where(keep, x * (1.0 / (1.0 - self.ratio)), 0)
+
+    def extra_repr(self) -> str:
+        return f"ratio={self.ratio}" + (", sampled at test time" if self.sample_test else "")
 
 
 @register("Dropout")
@@ -138,4 +163,9 @@ class DropoutConverter(Converter):
     preserves_coords = True
 
     def module(self, shapes: Bottoms, blobs: list) -> nn.Module:
-        return Identity()
+        ratio = self.param.dropout_param.dropout_ratio
+        m = Dropout(ratio)
+        if not 0 <= ratio < 1:
+            m.refusal = self.error(f"dropout_ratio {ratio:g} must be in [0, 1) to train (Caffe keeps each value "
+                                   "with probability 1 - dropout_ratio and scales it by 1 / (1 - dropout_ratio))")
+        return m

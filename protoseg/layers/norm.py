@@ -3,6 +3,18 @@
 Caffe's BatchNorm keeps *unnormalised* running sums: blobs are (mean * f, var * f, f), so the statistics are
 ``blob / f`` with ``f == 0`` meaning zero statistics (BVLC's ``scale_factor == 0 ? 0 : 1 / f``); ``eps`` is added
 to the variance before the square root. The learned affine part lives in a following Scale layer.
+
+In the TRAIN phase (a graph loaded with ``trainable=True``, in ``train()`` mode; :mod:`protoseg.train`),
+``use_global_stats`` defaults to false. BVLC ``src/caffe/layers/batch_norm_layer.cpp`` then normalises with this
+batch's mean and biased variance (over N and the spatial axes, ``m`` values per channel) and updates its blobs:
+``f = maf * f + 1``, ``mean_blob = maf * mean_blob + mean``, ``var_blob = maf * var_blob + m / (m - 1) * var``
+(``maf``: ``moving_average_fraction``); with ``use_global_stats: true`` it keeps the stored statistics. Its
+LayerSetUp fixes the three blobs' ``lr_mult`` at 0 and refuses another value. DeepLab v2's Caffe (and PSPNet's,
+which copies it) changed the layer: with batch statistics its TRAIN forward never computes the variance (it
+normalises by whatever the buffer holds), so protoseg refuses that; with ``use_global_stats: true`` and
+``update_global_stats: true`` it subtracts the stored mean, normalises by the batch's variance around it (held
+constant in the backward) and updates the blobs as above with the stored mean in place of the batch mean. It does
+not fix the statistics' ``lr_mult``, so a file must give 0 (its SGD would otherwise decay them).
 """
 
 from __future__ import annotations
@@ -11,16 +23,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from protoseg import forks
 from protoseg.layers.base import Bottoms, Converter, Shape, register
+from protoseg.train import Spec, TrainPhase
 
 
-class BatchNorm(nn.Module):
+class BatchNorm(TrainPhase):
     """``(x - mean / f) / sqrt(var / f + eps)``, or batch statistics when ``use_global_stats`` is false; then
-    ``* weight + bias`` where the layer holds them itself (NVCaffe)."""
+    ``* weight + bias`` where the layer holds them itself (NVCaffe). ``train_rule`` is the TRAIN phase's:
+    ``batch`` (BVLC), ``stored`` or ``stored-update`` (DeepLab v2's ``update_global_stats``); NVCaffe's subclass
+    has its own (``cudnn``)."""
 
-    def __init__(self, eps: float, use_global_stats: bool):
+    def __init__(self, eps: float, use_global_stats: bool, train_rule: str = "stored", fraction: float = 0.999):
         super().__init__()
         self.eps, self.use_global_stats = eps, use_global_stats
+        self.train_rule, self.fraction = train_rule, fraction
         self.mean: nn.Parameter | None = None
         self.variance: nn.Parameter | None = None
         self.scale_factor: nn.Parameter | None = None
@@ -29,18 +46,49 @@ class BatchNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = [1, x.shape[1]] + [1] * (x.dim() - 2)
-        if self.use_global_stats:
-            f = self.scale_factor[0]
-            inv = torch.where(f == 0, torch.zeros_like(f), 1.0 / f)
-            mean, var = self.mean * inv, self.variance * inv
+        if self.in_train_phase():
+            mean, var = self.train_statistics(x)
+        elif self.use_global_stats:
+            mean, var = self.stored_statistics()
         else:  # Caffe's training-mode forward: biased statistics of this batch
-            dims = [0] + list(range(2, x.dim()))
-            mean = x.mean(dim=dims)
-            var = (x - mean.reshape(shape)).pow(2).mean(dim=dims)
+            mean, var = self.batch_statistics(x)
         y = (x - mean.reshape(shape)) / torch.sqrt(var.reshape(shape) + self.eps)
         if self.weight is not None:
             y = y * self.weight.reshape(shape) + self.bias.reshape(shape)
         return y
+
+    def stored_statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.scale_factor[0]
+        inv = torch.where(f == 0, torch.zeros_like(f), 1.0 / f)
+        return self.mean * inv, self.variance * inv
+
+    @staticmethod
+    def batch_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel mean and biased variance over every axis but 1."""
+        dims = [0] + list(range(2, x.dim()))
+        mean = x.mean(dim=dims)
+        var = (x - mean.reshape([1, x.shape[1]] + [1] * (x.dim() - 2))).pow(2).mean(dim=dims)
+        return mean, var
+
+    def train_statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The statistics the TRAIN phase normalises with; the blobs are updated in place as Caffe updates them."""
+        if self.train_rule == "stored":
+            return self.stored_statistics()
+        m = x.numel() // x.shape[1]
+        correction = m / (m - 1) if m > 1 else 1.0
+        if self.train_rule == "batch":
+            mean, var = self.batch_statistics(x)
+            update = mean.detach()
+        else:  # stored-update: the stored mean, this batch's variance around it, constant in the backward
+            with torch.no_grad():
+                mean = update = self.stored_statistics()[0]
+                dims = [0] + list(range(2, x.dim()))
+                var = (x - mean.reshape([1, x.shape[1]] + [1] * (x.dim() - 2))).pow(2).mean(dim=dims)
+        with torch.no_grad():
+            self.scale_factor.mul_(self.fraction).add_(1.0)
+            self.mean.mul_(self.fraction).add_(update)
+            self.variance.mul_(self.fraction).add_(var.detach() * correction)
+        return mean, var
 
     def channel_affine(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``(a, b)`` with ``y = a[c] * x + b[c]`` when the layer is that (stored statistics), else None; in
@@ -68,17 +116,50 @@ class BatchNormConverter(Converter):
 
     def setup(self) -> None:
         p = self.param.batch_norm_param
-        # Caffe: use_global_stats defaults to (phase == TEST); protoseg builds TEST nets.
+        # Caffe: use_global_stats defaults to (phase == TEST); protoseg builds TEST nets, TRAIN is train() mode.
         self.use_global_stats = p.use_global_stats if p.HasField("use_global_stats") else True
         self.eps = p.eps
+        self.fraction = p.moving_average_fraction
+        self.deeplab = "deeplab-v2" in forks.lineage(self.fork)  # DeepLab v2's and PSPNet's changed layer
+        train_global = p.use_global_stats if p.HasField("use_global_stats") else False
+        self.train_rule = "batch" if not train_global else "stored-update" if (
+            self.deeplab and p.update_global_stats) else "stored"
+        self.train_refusal = None
+        if self.deeplab and not train_global:
+            self.train_refusal = self.error(
+                "has no defined TRAIN phase with batch statistics in DeepLab v2's Caffe (nor PSPNet's): its forward "
+                "never computes the batch variance; set use_global_stats: true (as DeepLab's prototxts do), with "
+                "update_global_stats: true to update the stored statistics")
+        elif self.deeplab and not 0 <= self.fraction <= 1:
+            self.train_refusal = self.error(f"moving_average_fraction {self.fraction:g} must be in [0, 1] (Caffe's "
+                                            "check)")
+
+    def train_specs(self, specs: list[Spec]) -> list[Spec]:
+        """BVLC's LayerSetUp gives the statistics ``lr_mult: 0`` and refuses any other value; DeepLab v2's takes
+        the file's (1 when unset), so there it must be 0 too or its SGD would decay the statistics."""
+        out = []
+        for i, spec in enumerate(specs):
+            if i >= len(self.param.param) and not self.deeplab:
+                spec = Spec(0.0, spec.decay_mult)
+            lr = 1.0 if spec.lr_mult is None else spec.lr_mult
+            if lr != 0 and self.deeplab:
+                raise self.error(f"blob {i} (a statistic) would have lr_mult {lr:g}: DeepLab v2's Caffe does not fix "
+                                 "BatchNorm's lr_mult, so its SGD would decay the statistics; give "
+                                 "param { lr_mult: 0 } for each of the three blobs, as DeepLab's prototxts do")
+            if lr != 0:
+                raise self.error(f"blob {i} (a statistic) has lr_mult {lr:g}; Caffe refuses to learn BatchNorm's "
+                                 "statistics: give it lr_mult: 0")
+            out.append(spec)
+        return out
 
     def blob_shapes(self, shapes: Bottoms) -> list[Shape]:
         c = shapes[0][1]
         return [(c,), (c,), (1,)]
 
     def module(self, shapes: Bottoms, blobs: list) -> nn.Module:
-        m = BatchNorm(self.eps, self.use_global_stats)
+        m = BatchNorm(self.eps, self.use_global_stats, self.train_rule, self.fraction)
         m.mean, m.variance, m.scale_factor = blobs
+        m.refusal = self.train_refusal
         return m
 
 
@@ -160,7 +241,8 @@ class ScaleConverter(Converter):
 
 
 class LRN(nn.Module):
-    """Caffe's LRN. Across channels: ``x / (k + alpha/n * sum x^2)^beta``; within: ``x / (1 + alpha * avg x^2)^beta``."""
+    """Caffe's LRN. Across channels: ``x / (k + alpha/n * sum x^2)^beta``; within:
+    ``x / (1 + alpha * avg x^2)^beta``."""
 
     def __init__(self, size: int, alpha: float, beta: float, k: float, within: bool):
         super().__init__()

@@ -16,6 +16,9 @@ Facts from alexgkendall/caffe-segnet ``src/caffe/layers/{bn,upsample,dropout}_la
 * Dropout with ``sample_weights_test: true`` (Bayesian SegNet) keeps dropping at test time: each value is kept
   with probability ``1 - ratio`` and scaled by ``1 / (1 - ratio)``. Draws use torch's generator, so
   ``torch.manual_seed`` makes them repeatable; ``protoseg run --samples N`` averages N passes.
+
+In the TRAIN phase (:mod:`protoseg.train`) ``BN`` computes as at test time (LEARN normalises with the batch in
+both phases and keeps no running statistics; its backward is the gradient of that forward) and Dropout drops.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch
 from torch import nn
 
 from protoseg.coordmap import IDENTITY
+from protoseg.layers.activation import Dropout
 from protoseg.layers.base import Bottoms, Converter, Shape, register
 from protoseg.layers.pool import scatter_by_mask
 
@@ -155,21 +159,6 @@ class UpsampleConverter(Converter):
         return Upsample(self.size, self.scale, self.pad_out)
 
 
-class SampledDropout(nn.Module):
-    """Dropout that also drops at test time (Bayesian SegNet's ``sample_weights_test``)."""
-
-    def __init__(self, ratio: float):
-        super().__init__()
-        self.ratio = ratio
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        keep = torch.rand_like(x) >= self.ratio
-        return torch.where(keep, x * (1.0 / (1.0 - self.ratio)), 0)
-
-    def extra_repr(self) -> str:
-        return f"ratio={self.ratio}, sampled at test time"
-
-
 @register("Dropout", fork="segnet")
 class SegNetDropout(Converter):
     """caffe-segnet's Dropout: the identity at test time, unless ``sample_weights_test`` samples it."""
@@ -184,6 +173,7 @@ class SegNetDropout(Converter):
             raise self.error(f"dropout_ratio {self.ratio} must be between 0 and 1")
 
     def module(self, shapes: Bottoms, blobs: list) -> nn.Module:
-        from protoseg.layers.activation import Identity
-
-        return SampledDropout(self.ratio) if self.sample else Identity()
+        m = Dropout(self.ratio, self.sample)
+        if not 0 <= self.ratio < 1:
+            m.refusal = self.error(f"dropout_ratio {self.ratio:g} must be in [0, 1) to train")
+        return m

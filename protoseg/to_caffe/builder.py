@@ -1,0 +1,79 @@
+"""The net being written: a V2 ``NetParameter`` grown layer by layer, its blobs, and the limits of its validity.
+
+Emitters (:mod:`protoseg.to_caffe.emit`) only call :meth:`NetBuilder.layer`; names are made unique here, each
+layer's parameter blobs are kept as float32 arrays in Caffe's layout, and a fact that holds only at some input
+sizes (a pooling whose rounding agrees with torch's only there, a resize by a fixed factor) is recorded with
+:meth:`NetBuilder.condition` so that the caller can say it once, rather than approximate silently.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from protoseg.proto import caffe_pb2
+
+#: Caffe ``ParamSpec`` of a constant blob: the solver never changes it (BatchNorm statistics, fixed kernels).
+FROZEN = {"lr_mult": 0.0, "decay_mult": 0.0}
+
+
+class NetBuilder:
+    """A Caffe net under construction. Layer and blob names share one namespace, so a layer's name is its top's."""
+
+    def __init__(self, name: str) -> None:
+        self.netparam = caffe_pb2.NetParameter(name=name)
+        self.blobs: dict[str, list[np.ndarray]] = {}
+        self.conditions: list[str] = []
+        self._taken: set[str] = set()
+
+    def fresh(self, base: str) -> str:
+        """A name no layer or blob of this net uses yet, reading like ``base``."""
+        base = base or "layer"
+        name, i = base, 1
+        while name in self._taken:
+            i += 1
+            name = f"{base}_{i}"
+        self._taken.add(name)
+        return name
+
+    def input(self, name: str, shape: Sequence[int]) -> str:
+        top = self.fresh(name)
+        lp = self.netparam.layer.add(name=top, type="Input", top=[top])
+        lp.input_param.shape.add().dim.extend(int(d) for d in shape)
+        return top
+
+    def layer(self, base: str, type_: str, bottoms: Sequence[str], *, top: str | None = None,
+              blobs: Sequence[np.ndarray] = (), frozen: Sequence[bool] = (), **params) -> str:
+        """Append a layer and return its top. ``params`` maps a ``*_param`` field to a dict of its values;
+        ``top`` (an existing blob) makes the layer work in place; ``frozen[i]`` freezes blob ``i``."""
+        name = self.fresh(base)
+        lp = self.netparam.layer.add(name=name, type=type_, bottom=list(bottoms), top=[top or name])
+        for field, values in params.items():
+            _fill(getattr(lp, field), values)
+        if frozen:
+            for i in range(len(blobs)):
+                spec = lp.param.add()
+                if frozen[i]:
+                    _fill(spec, FROZEN)
+        if blobs:
+            self.blobs[name] = [np.array(b, dtype=np.float32, copy=True) for b in blobs]
+        return top or name
+
+    def condition(self, text: str) -> None:
+        if text not in self.conditions:
+            self.conditions.append(text)
+
+
+def _fill(message, values: dict) -> None:
+    """Set protobuf fields from a dict (repeated fields from lists, enums by name, nested dicts recursively)."""
+    for key, value in values.items():
+        fd = message.DESCRIPTOR.fields_by_name[key]
+        if fd.message_type is not None:
+            _fill(getattr(message, key), value)
+        elif fd.is_repeated:
+            getattr(message, key).extend(value)
+        elif fd.enum_type is not None and isinstance(value, str):
+            setattr(message, key, fd.enum_type.values_by_name[value].number)
+        else:
+            setattr(message, key, value)
