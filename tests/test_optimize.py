@@ -180,6 +180,56 @@ def test_tap_path_only_where_it_pays(inputs: int, outputs: int, kernel: int, tap
         torch.testing.assert_close(fast(x), gm(x), rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("inputs, outputs, kernel, precision, gemm", [
+    (64, 64, 7, "fp32", True),  # FCN's fc6: a 7 x 7 kernel on many channels
+    (64, 64, 3, "fp32", False),  # 3 x 3: oneDNN's direct kernel is faster
+    (3, 64, 7, "fp32", False),  # few inputs (ResNet's conv1)
+    (64, 64, 7, "bf16", False),  # bf16 (AMX): direct is faster
+])
+def test_gemm_path_only_where_it_pays(inputs: int, outputs: int, kernel: int, precision: str, gemm: bool) -> None:
+    text = (f'input: "data" input_shape {{ dim: 1 dim: {inputs} dim: 16 dim: 16 }}\n'
+            f'layer {{ name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param {{ '
+            f'num_output: {outputs} kernel_size: {kernel} }} }}\n')
+    net = build_net(upgrade_net(parse_prototxt(text)))
+    rng = np.random.default_rng(3)
+    gm = to_graph(net, {"c": [rng.standard_normal(s).astype(np.float32) for s in net.layers[-1].blob_shapes]})
+    conv = next(m for m in optimize(gm, precision=precision).modules() if isinstance(m, FusedConv))
+    assert (conv.gemm is not None) == (gemm and conv.packed)
+
+
+@pytest.mark.parametrize("batch, pad, dilation, slope, rows", [
+    (1, 0, 1, 0.0, None), (2, 3, 2, 0.1, None), (2, 1, 1, None, 2), (1, 2, 3, 0.0, 1)])
+def test_gemm_path_equals_the_convolution(monkeypatch, batch, pad, dilation, slope, rows) -> None:
+    """Patches in blocks of ``rows`` output rows (as on a large map) give the whole product; padding, dilation,
+    the batch, the fused ReLU and a shortcut join's residual all keep the faithful graph's values."""
+    span = dilation * 4 + 1
+    relu = "" if slope is None else (f'layer {{ name: "r" type: "ReLU" bottom: "c" top: "c" '
+                                     f'relu_param {{ negative_slope: {slope} }} }}')
+    text = (f'input: "data" input_shape {{ dim: {batch} dim: 64 dim: {span + 4} dim: {span + 6} }}\n'
+            f'layer {{ name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param {{ '
+            f'num_output: 72 kernel_size: 5 pad: {pad} dilation: {dilation} }} }}\n{relu}')
+    net = build_net(upgrade_net(parse_prototxt(text)))
+    rng = np.random.default_rng(4)
+    shapes = next(layer for layer in net.layers if layer.name == "c").blob_shapes
+    gm = to_graph(net, {"c": [rng.standard_normal(s).astype(np.float32) for s in shapes]})
+    fast = optimize(gm)
+    conv = next(m for m in fast.modules() if isinstance(m, FusedConv))
+    if not conv.packed:
+        pytest.skip("no oneDNN here")
+    assert conv.gemm == (5, 5)
+    if rows is not None:
+        out_w = span + 6 + 2 * pad - span + 1
+        monkeypatch.setattr(conv, "GEMM_MAX_PATCHES", rows * out_w * 64 * 25)
+    x = torch.randn(batch, 64, span + 4, span + 6)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), gm(x), rtol=1e-4, atol=1e-4)
+        residual = torch.randn_like(gm(x))
+        expected = torch.nn.functional.conv2d(x, gm.c.weight, gm.c.bias, padding=pad, dilation=dilation) + residual
+        expected = expected if slope is None else torch.nn.functional.leaky_relu(expected, slope)
+        torch.testing.assert_close(conv(x.contiguous(memory_format=torch.channels_last), residual), expected,
+                                   rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("size", [(8, 8), (7, 9)])
 @pytest.mark.parametrize("kernel", [(2, 2), (3, 2)])
 def test_tiled_max_pool_equals_the_windowed_one(size, kernel) -> None:
