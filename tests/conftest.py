@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -18,6 +21,25 @@ def need(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent (the shared fixtures live beside the checkout)")
     return path
+
+
+def load_script(path: Path, name: str | None = None) -> ModuleType:
+    """The Python file ``path`` (a script, an example, ``materialize.py``) as a module, run once; it is in
+    ``sys.modules`` only while it runs (dataclasses look themselves up there)."""
+    name = name or path.stem
+    spec = importlib.util.spec_from_file_location(name, need(path))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.modules.pop(name, None)
+    return module
+
+
+def materializer() -> ModuleType:
+    """``../shared/fixtures/materialize.py``: writes the fixture weights of the big nets."""
+    return load_script(FIXTURES / "materialize.py")
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import warnings
 from pathlib import Path
@@ -18,7 +17,7 @@ from protoseg.run.demo import DEMO_DIR
 from protoseg.run.palette import VOC_PALETTE
 from protoseg.run.predict import Segmenter
 from protoseg.run.preprocess import read_image
-from tests.conftest import FIXTURES, IMAGES, SHARED, need
+from tests.conftest import FIXTURES, IMAGES, SHARED, materializer, need
 
 PROTOTXT = DEMO_DIR / "demo.prototxt"
 WEIGHTS = DEMO_DIR / "demo.caffemodel"
@@ -185,9 +184,7 @@ def test_run_refuses_pt2_not_written_by_protoseg(images: list[Path], tmp_path: P
 def test_run_published_fcn_alexnet(tmp_path: Path) -> None:
     """A published net (Python data layer, so --mean) with fixture weights on a small real photo."""
     case = need(FIXTURES / "nets" / "fcn_alexnet_val")
-    spec = importlib.util.spec_from_file_location("materialize", FIXTURES / "materialize.py")
-    materialize = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(materialize)
+    materialize = materializer()
     layers, types = materialize.weights(json.loads((case / "manifest.json").read_text()))
     weights = tmp_path / "w.caffemodel"
     materialize.write_binary(weights, layers, types, "v2")

@@ -8,11 +8,8 @@ real Caffe) running the exported files.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import re
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -25,8 +22,7 @@ from protoseg.info import describe
 from protoseg.io.prototxt import read_prototxt
 from protoseg.models.deeplabv3 import DeepLabV3, ModelArgumentError, deeplabv3_resnet101
 from protoseg.to_caffe import to_caffe, write_caffe
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT, load_script
 
 #: torchvision's ResNet-101 (its docs: 44,549,160 parameters) without the 2048 -> 1000 fc layer.
 RESNET101_NO_FC = 44_549_160 - (2048 * 1000 + 1000)
@@ -233,15 +229,7 @@ def only_the_final_zoom(note: str, output_stride: int) -> bool:
 
 
 def _exporter() -> ModuleType:
-    path = ROOT / "scripts" / "export_deeplabv3.py"
-    spec = importlib.util.spec_from_file_location("export_deeplabv3", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.modules.pop(spec.name, None)
-    return module
+    return load_script(ROOT / "scripts" / "export_deeplabv3.py")
 
 
 NETS = {"deeplab_v3_resnet101_os16.prototxt": 16, "deeplab_v3_resnet101_os8.prototxt": 8}

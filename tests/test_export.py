@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from protoseg.cli import main
 from protoseg.errors import ShapeError
 from protoseg.io.upgrade import load_net
 from protoseg.ir import build_net
-from tests.conftest import FIXTURES, SHARED, need
+from tests.conftest import FIXTURES, SHARED, materializer, need
 
 RUN = """
 import sys
@@ -47,9 +46,7 @@ def _second_size(netparam, shape: tuple[int, ...]) -> tuple[int, ...]:
 def test_pt2_reloads_without_protoseg(case_name: str, output: str, tmp_path: Path) -> None:
     path = need(FIXTURES / "nets" / case_name)
     case = json.loads((path / "case.json").read_text())
-    spec = importlib.util.spec_from_file_location("materialize", FIXTURES / "materialize.py")
-    materialize = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(materialize)
+    materialize = materializer()
     weights = tmp_path / "weights.caffemodel"
     materialize.main([str(path), str(weights), "--format", "v2"])
     ref = np.load(path / "reference.npz")

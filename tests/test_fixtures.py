@@ -6,7 +6,6 @@ Layer cases carry a Caffe-written caffemodel; net cases describe their weights b
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import warnings
@@ -19,7 +18,7 @@ import torch
 from protoseg.info import describe
 from protoseg.loader import open_net
 from protoseg.verify import format_report, verify_files
-from tests.conftest import FIXTURES, SHARED
+from tests.conftest import FIXTURES, SHARED, materializer
 
 
 def _cases(kind: str) -> list[Path]:
@@ -79,10 +78,7 @@ def test_layer_case_weights_match_prototxt(path: Path) -> None:
 
 
 def _materialize():
-    spec = importlib.util.spec_from_file_location("materialize", FIXTURES / "materialize.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return materializer()
 
 
 #: Net cases whose float32 result hinges on a near-tie, verified in float64 (protoseg's arithmetic without

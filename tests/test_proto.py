@@ -3,7 +3,6 @@ and the collision rule of ``proto/caffe.proto`` (fork fields whose number BVLC u
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import re
@@ -14,8 +13,7 @@ from google.protobuf import descriptor_pb2, text_format
 from google.protobuf.unknown_fields import UnknownFieldSet
 
 from protoseg.proto import caffe_pb2
-
-from tests.conftest import FIXTURES, PUBLISHED, ROOT, need
+from tests.conftest import FIXTURES, PUBLISHED, ROOT, load_script, need
 
 PROTO = ROOT / "proto" / "caffe.proto"
 RELOCATED = 10000  # rule 1 of the .proto header: a colliding fork number n becomes RELOCATED + n
@@ -27,10 +25,7 @@ LAYER_CASES = sorted(p.parent for p in FIXTURES.glob("layers/*/weights.caffemode
 
 
 def _load_regen():
-    spec = importlib.util.spec_from_file_location("regen_proto", ROOT / "scripts" / "regen_proto.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "scripts" / "regen_proto.py")
 
 
 def _parse(text: str) -> caffe_pb2.NetParameter:

@@ -7,7 +7,6 @@ written back must give the same blobs (bit for bit) and the same outputs.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import warnings
 from pathlib import Path
@@ -25,7 +24,7 @@ from protoseg.io.prototxt import read_prototxt
 from protoseg.io.weights import read_weights, write_weights
 from protoseg.to_caffe import reference, to_caffe, write_caffe
 from protoseg.verify import verify_files
-from tests.conftest import FIXTURES, SHARED, need
+from tests.conftest import FIXTURES, SHARED, materializer, need
 
 #: The issue's bar: the Caffe net's output within 1e-5 of the output's range (max |value|) of the module's.
 RANGE_TOL = 1e-5
@@ -444,9 +443,7 @@ def test_cli_writes_deeplab_v1_back_as_v2(tmp_path: Path) -> None:
     """A V1 net (enum types, ``hole``, legacy 4-D blobs) written back as V2 still computes real Caffe's blobs."""
     case_dir = need(FIXTURES / "nets" / "deeplab_v1_largefov_test")
     case = json.loads((case_dir / "case.json").read_text())
-    spec = importlib.util.spec_from_file_location("materialize", FIXTURES / "materialize.py")
-    materialize = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(materialize)
+    materialize = materializer()
     weights = tmp_path / "v1.caffemodel"
     materialize.main([str(case_dir), str(weights)])
     defines = [f"-D{k}={v}" for k, v in case["defines"].items()]

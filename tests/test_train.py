@@ -6,7 +6,6 @@ sources: BVLC ``batch_norm_layer.cpp`` and ``dropout_layer.cpp``, DeepLab v2's `
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 
 import numpy as np
 import pytest
@@ -19,7 +18,7 @@ from protoseg.graph import to_graph
 from protoseg.loader import open_net
 from protoseg.run.demo import demo_files
 from protoseg.train import param_groups, resolve_specs
-from tests.conftest import PUBLISHED, ROOT, need
+from tests.conftest import PUBLISHED, ROOT, load_script, need
 from tests.layers.helpers import assert_close, build, one_layer, rand
 
 EPS = 1e-5  # Caffe's default BatchNorm / BN eps
@@ -450,10 +449,7 @@ def test_small_net_trains_with_caffe_batch_norm(fork: str) -> None:
 
 
 def load_example():
-    spec = importlib.util.spec_from_file_location("finetune_example", ROOT / "examples" / "finetune.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "examples" / "finetune.py", "finetune_example")
 
 
 def test_finetune_example_improves_the_demo_fcn(tmp_path, capsys) -> None:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -19,7 +17,7 @@ from protoseg.forks import FORKS
 from protoseg.io.upgrade import load_net
 from protoseg.loader import open_net
 from protoseg.proto import caffe_pb2
-from tests.conftest import FIXTURES, PUBLISHED, ROOT, need
+from tests.conftest import FIXTURES, PUBLISHED, ROOT, load_script, need
 
 # Layers that feed, score or dump the net during Caffe's own test runs; a deploy net has none of them.
 NOT_INFERENCE = {"Input", "Python", "ImageSegData", "ImageData", "Data", "DenseImageData", "ImageLabelmapData",
@@ -106,16 +104,7 @@ def test_zoo_prototxt_is_the_published_net(name: str) -> None:
 
 
 def _generator() -> ModuleType:
-    path = ROOT / "scripts" / "gen_zoo_prototxt.py"
-    spec = importlib.util.spec_from_file_location("gen_zoo_prototxt", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.modules.pop(spec.name, None)
-    return module
+    return load_script(ROOT / "scripts" / "gen_zoo_prototxt.py")
 
 
 def test_committed_prototxts_match_generator() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import struct
 import warnings
@@ -14,7 +13,7 @@ import pytest
 
 from protoseg.errors import FormatError, ProtosegWarning
 from protoseg.io.weights import open_weights, read_weights, write_weights
-from tests.conftest import FIXTURES, need
+from tests.conftest import FIXTURES, materializer, need
 
 LAYER_CASES = sorted(p.parent.name for p in (FIXTURES / "layers").glob("*/weights.caffemodel"))
 # The smallest net case (20.5 M parameters), and a DeepLab v1 one, so the V1 format is its natural format.
@@ -108,9 +107,7 @@ def test_arrays_are_writable_and_torch_takes_them_silently(tmp_path: Path) -> No
 @pytest.fixture(scope="module")
 def net_case(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, dict, Path]:
     case = need(FIXTURES / "nets" / NET_CASE)
-    spec = importlib.util.spec_from_file_location("materialize", need(FIXTURES / "materialize.py"))
-    materialize = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(materialize)
+    materialize = materializer()
     layers, types = materialize.weights(json.loads((case / "manifest.json").read_text()))
     return materialize, (layers, types), tmp_path_factory.mktemp("net")
 
