@@ -160,18 +160,25 @@ def test_shortcut_join_fuses_into_a_convolution(slope: float) -> None:
         torch.testing.assert_close(fast(x), gm(x), rtol=1e-5, atol=1e-5)
 
 
+def _conv(shape: tuple[int, ...], conv_param: str, after: str = "", seed: int = 2) -> torch.fx.GraphModule:
+    """The faithful graph of one Convolution ``c`` (random weights) on an input of ``shape``, then ``after``."""
+    dims = " ".join(f"dim: {d}" for d in shape)
+    text = (f'input: "data" input_shape {{ {dims} }}\n'
+            f'layer {{ name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param {{ {conv_param} }} }}\n'
+            f"{after}")
+    net = build_net(upgrade_net(parse_prototxt(text)))
+    rng = np.random.default_rng(seed)
+    shapes = next(layer for layer in net.layers if layer.name == "c").blob_shapes
+    return to_graph(net, {"c": [rng.standard_normal(s).astype(np.float32) for s in shapes]})
+
+
 @pytest.mark.parametrize("inputs, outputs, kernel, taps", [
     (256, 4, 3, True),  # DeepLab v2's ASPP heads: few outputs on many channels
     (3, 4, 3, False),  # few inputs: k*k planes of partial sums would outweigh the convolution
     (2048, 4, 7, False),  # a kernel beyond 5 x 5
 ])
 def test_tap_path_only_where_it_pays(inputs: int, outputs: int, kernel: int, taps: bool) -> None:
-    text = (f'input: "data" input_shape {{ dim: 1 dim: {inputs} dim: 9 dim: 11 }}\n'
-            f'layer {{ name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param {{ '
-            f'num_output: {outputs} kernel_size: {kernel} pad: 2 dilation: 2 }} }}\n')
-    net = build_net(upgrade_net(parse_prototxt(text)))
-    rng = np.random.default_rng(2)
-    gm = to_graph(net, {"c": [rng.standard_normal(s).astype(np.float32) for s in net.layers[-1].blob_shapes]})
+    gm = _conv((1, inputs, 9, 11), f"num_output: {outputs} kernel_size: {kernel} pad: 2 dilation: 2")
     fast = optimize(gm)
     conv = next(m for m in fast.modules() if isinstance(m, FusedConv))
     assert (conv.taps is not None) == (taps and conv.packed)
@@ -187,12 +194,7 @@ def test_tap_path_only_where_it_pays(inputs: int, outputs: int, kernel: int, tap
     (64, 64, 7, "bf16", False),  # bf16 (AMX): direct is faster
 ])
 def test_gemm_path_only_where_it_pays(inputs: int, outputs: int, kernel: int, precision: str, gemm: bool) -> None:
-    text = (f'input: "data" input_shape {{ dim: 1 dim: {inputs} dim: 16 dim: 16 }}\n'
-            f'layer {{ name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param {{ '
-            f'num_output: {outputs} kernel_size: {kernel} }} }}\n')
-    net = build_net(upgrade_net(parse_prototxt(text)))
-    rng = np.random.default_rng(3)
-    gm = to_graph(net, {"c": [rng.standard_normal(s).astype(np.float32) for s in net.layers[-1].blob_shapes]})
+    gm = _conv((1, inputs, 16, 16), f"num_output: {outputs} kernel_size: {kernel}")
     conv = next(m for m in optimize(gm, precision=precision).modules() if isinstance(m, FusedConv))
     assert (conv.gemm is not None) == (gemm and conv.packed)
 
@@ -205,13 +207,8 @@ def test_gemm_path_equals_the_convolution(monkeypatch, batch, pad, dilation, slo
     span = dilation * 4 + 1
     relu = "" if slope is None else (f'layer {{ name: "r" type: "ReLU" bottom: "c" top: "c" '
                                      f'relu_param {{ negative_slope: {slope} }} }}')
-    text = (f'input: "data" input_shape {{ dim: {batch} dim: 64 dim: {span + 4} dim: {span + 6} }}\n'
-            f'layer {{ name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param {{ '
-            f'num_output: 72 kernel_size: 5 pad: {pad} dilation: {dilation} }} }}\n{relu}')
-    net = build_net(upgrade_net(parse_prototxt(text)))
-    rng = np.random.default_rng(4)
-    shapes = next(layer for layer in net.layers if layer.name == "c").blob_shapes
-    gm = to_graph(net, {"c": [rng.standard_normal(s).astype(np.float32) for s in shapes]})
+    gm = _conv((batch, 64, span + 4, span + 6), f"num_output: 72 kernel_size: 5 pad: {pad} dilation: {dilation}",
+               relu)
     fast = optimize(gm)
     conv = next(m for m in fast.modules() if isinstance(m, FusedConv))
     if not conv.packed:
