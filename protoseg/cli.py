@@ -211,7 +211,7 @@ model_options = [
     click.option("--seed", type=int, default=0, show_default=True, help="Seeds the sampling of --samples."),
     click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
                  help="Arithmetic of the forward pass: fp32 as Caffe; bf16 uses AVX512-BF16/AMX where the CPU has "
-                 "them; fp16/bf16 on CUDA."),
+                 "them (on AVX2-only CPUs it is slower than fp32); fp16/bf16 on CUDA."),
     click.option("--blob", metavar="NAME", help="The output blob to read (default: the zoo entry's, else the "
                  "net's last N x C x H x W output)."),
     click.option("--threshold", type=float, default=0.5, show_default=True,
