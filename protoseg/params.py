@@ -49,7 +49,8 @@ def match_weights(net: Net, weights: Mapping[str, Sequence[np.ndarray]]) -> Weig
     """Each layer's stored blobs, checked against and reshaped to what the net implies."""
     report = WeightReport()
     names = {layer.name for layer in net.layers}
-    report.unexpected = [name for name in weights if name not in names]
+    # Caffe writes an entry for every layer, data layers too; only entries with blobs are ignored data
+    report.unexpected = [name for name, blobs in weights.items() if name not in names and len(blobs)]
     for layer in net.layers:
         stored = weights.get(layer.name)
         if stored is not None:

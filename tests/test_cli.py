@@ -81,7 +81,8 @@ def test_info_input_override(tiny, capsys) -> None:
 def test_info_reports_mismatched_weights(tiny, tmp_path, capsys) -> None:
     net, _, weights = tiny
     bad = tmp_path / "bad.caffemodel"
-    write_weights(bad, {"conv": [weights["conv"][0][:, :2], weights["conv"][1]], "extra": [weights["score"][1]]})
+    write_weights(bad, {"conv": [weights["conv"][0][:, :2], weights["conv"][1]], "extra": [weights["score"][1]],
+                        "input": []})  # Caffe's entry for a data layer: no blobs, nothing ignored
     assert main(["info", str(net), str(bad), "--json"]) == 1
     problems = json.loads(capsys.readouterr().out)["weights"]
     assert any("blob 0 is (4, 2, 3, 3) but the prototxt implies (4, 3, 3, 3)" in p for p in problems["problems"])
