@@ -28,6 +28,12 @@ class Fork:
     parents: tuple[str, ...]  # forks it inherits layers from, nearest first
     source: str  # the repository its facts were read from
     releases: str  # what was published with it
+    #: How its Caffe declares a net's inputs, as read in its caffe.proto: "layer" (an Input layer, BVLC since
+    #: 2016), "shape" (net-level ``input`` + ``input_shape``), "dim" (``input`` + four ``input_dim``). Forks taken
+    #: before 2016 have no Input layer, and DeepLab v1's and DeconvNet's not even ``input_shape``.
+    inputs: str = "shape"
+    #: Whether its Caffe reads V2 (``layer {}``) prototxts; DeepLab v1's and DeconvNet's read V1 only.
+    reads_v2: bool = True
 
     def __str__(self) -> str:
         return self.title
@@ -35,16 +41,18 @@ class Fork:
 
 #: Every fork protoseg reads, in the order ties are broken (plainer first).
 FORKS: dict[str, Fork] = {f.name: f for f in (
-    Fork(BVLC, "BVLC Caffe", (), "BVLC/caffe", "FCN, Dilation, HED (deploy), most deploy nets"),
+    Fork(BVLC, "BVLC Caffe", (), "BVLC/caffe", "FCN, Dilation, HED (deploy), most deploy nets", "layer"),
     Fork("deeplab-v2", "DeepLab v2's Caffe", (BVLC,), "DrSleep/deeplab-public-ver2", "DeepLab v2 (VGG-16, ResNet-101)"),
-    Fork("deeplab-v1", "DeepLab v1's Caffe", (BVLC,), "open-cv/deeplab-v1", "DeepLab v1 (LargeFOV, MSc, CRF)"),
+    Fork("deeplab-v1", "DeepLab v1's Caffe", (BVLC,), "open-cv/deeplab-v1", "DeepLab v1 (LargeFOV, MSc, CRF)", "dim",
+         False),
     Fork("pspnet", "PSPNet's Caffe", ("deeplab-v2", BVLC), "hszhao/PSPNet", "PSPNet, ICNet"),
     Fork("segnet", "caffe-segnet", (BVLC,), "alexgkendall/caffe-segnet", "SegNet, Bayesian SegNet, ENet"),
-    Fork("deconvnet", "DeconvNet's Caffe", (BVLC,), "HyeonwooNoh/caffe", "DeconvNet"),
+    Fork("deconvnet", "DeconvNet's Caffe", (BVLC,), "HyeonwooNoh/caffe", "DeconvNet", "dim", False),
     Fork("crfasrnn", "CRF-as-RNN's Caffe", (BVLC,), "torrvision/caffe", "CRF-as-RNN"),
-    Fork("nvcaffe", "NVCaffe", (BVLC,), "NVIDIA/caffe", "NVCaffe-style nets (e.g. Xilinx's ENet, ESPNet, FPN, UNet)"),
+    Fork("nvcaffe", "NVCaffe", (BVLC,), "NVIDIA/caffe", "NVCaffe-style nets (e.g. Xilinx's ENet, ESPNet, FPN, UNet)",
+         "layer"),
     Fork("xilinx", "caffe-xilinx", ("nvcaffe", BVLC), "Xilinx/Vitis-AI (AI-Model-Zoo/caffe-xilinx)",
-         "the Vitis AI model zoo's Caffe nets (FPN, ENet, ESPNet, UNet...)"),
+         "the Vitis AI model zoo's Caffe nets (FPN, ENet, ESPNet, UNet...)", "layer"),
     Fork("hed", "HED's Caffe", (BVLC,), "s9xie/hed", "HED"),
 )}
 

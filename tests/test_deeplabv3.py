@@ -244,7 +244,7 @@ def test_committed_prototxt_is_the_exporters_output(filename, output_stride):
     text, notes = exporter.render(output_stride, size=33)
     assert len(notes) == 1
     assert only_the_final_zoom(notes[0], output_stride)
-    small, full = "dim: 33\n      dim: 33\n", "dim: 513\n      dim: 513\n"
+    small, full = "dim: 33\n  dim: 33\n", "dim: 513\n  dim: 513\n"  # the net-level input_shape
     assert text.count(small) == 1
     assert (ROOT / "prototxt" / filename).read_text() == text.replace(small, full), (
         f"prototxt/{filename} is stale; run scripts/export_deeplabv3.py")

@@ -390,7 +390,10 @@ def test_protoseg_graph_keeps_its_fork(tmp_path: Path) -> None:
     with pytest.raises(ProtosegError, match="layer 'stem_1' \\(BN\\) is a layer of PSPNet's Caffe"):
         write_caffe(gm, None, tmp_path / "q.prototxt", tmp_path / "q.caffemodel", dialect="bvlc")
     written = write_caffe(gm, None, tmp_path / "q.prototxt", tmp_path / "q.caffemodel", dialect="pspnet")
-    assert read_prototxt(written[0]).layer[2].type == "BN"
+    written_net = read_prototxt(written[0])
+    assert written_net.layer[1].type == "BN"
+    # PSPNet's Caffe has no Input layer (nor input_param): the input is declared at net level
+    assert list(written_net.input) == ["data"] and list(written_net.input_shape[0].dim) == [1, 3, 17, 17]
     with pytest.raises(ProtosegError, match="fast graph"):
         to_caffe(protoseg.load(*paths, fast=True), None)
 
@@ -431,12 +434,34 @@ def test_cli_export_caffe_from_pt2(tmp_path: Path) -> None:
     assert main(["convert", *demo, "-o", str(tmp_path / "demo.pt2")]) == 0
     assert main(["export-caffe", str(tmp_path / "demo.pt2"), "-o", str(tmp_path / "back"),
                  "--dialect", "deeplab-v2"]) == 0
-    netparam = read_prototxt(tmp_path / "back.prototxt")
-    assert netparam.layer[0].type == "Input" and list(netparam.layer[0].top) == ["data"]
+    netparam = read_prototxt(tmp_path / "back.prototxt")  # DeepLab v2's Caffe: no Input layer, net-level input
+    assert list(netparam.input) == ["data"] and all(lp.type != "Input" for lp in netparam.layer)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(protoseg.load(tmp_path / "back.prototxt", tmp_path / "back.caffemodel")(x),
                            protoseg.load(*demo)(x))
+
+
+@pytest.mark.parametrize("fork, style", [("bvlc", "layer"), ("nvcaffe", "layer"), ("segnet", "shape"),
+                                         ("crfasrnn", "shape"), ("deeplab-v1", "dim"), ("deconvnet", "dim")])
+def test_inputs_are_declared_as_each_fork_reads_them(fork: str, style: str, tmp_path: Path) -> None:
+    """Only BVLC and NVCaffe have the Input layer; older forks read net-level inputs (DeepLab v1 and DeconvNet
+    four input_dim), as their own caffe.proto says; protoseg reads every form back to the same net."""
+    prototxt, weights = _shared_net(tmp_path)
+    gm = protoseg.load(prototxt, weights, fork=fork)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        written = write_caffe(gm, None, tmp_path / "w.prototxt", tmp_path / "w.caffemodel")
+    # DeepLab v1's and DeconvNet's Caffe read V1 prototxts only: the V2 file says so
+    assert any("reads V1 prototxts" in str(w.message) for w in caught) == (style == "dim")
+    net = read_prototxt(written[0])
+    assert any(lp.type == "Input" for lp in net.layer) == (style == "layer")
+    assert list(net.input) == ([] if style == "layer" else ["data"])
+    assert list(net.input_dim) == ([2, 3, 9, 7] if style == "dim" else [])
+    assert [list(s.dim) for s in net.input_shape] == ([[2, 3, 9, 7]] if style == "shape" else [])
+    x = torch.randn(2, 3, 9, 7)
+    with torch.no_grad():
+        assert torch.equal(protoseg.load(*written, fork=fork)(x), gm(x))
 
 
 def test_cli_writes_deeplab_v1_back_as_v2(tmp_path: Path) -> None:

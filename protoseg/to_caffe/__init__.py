@@ -49,7 +49,8 @@ def to_caffe(module: nn.Module, example_input: Any, *, dialect: str | None = Non
     """``(netparam, blobs)``: the V2 ``caffe_pb2.NetParameter`` computing ``module`` and the parameter blobs by
     layer name (float32 arrays in Caffe's layout).
 
-    A traced module gets an Input layer ``data`` of ``example_input``'s shape, in ``dialect`` (None: BVLC). A
+    A traced module gets an input ``data`` of ``example_input``'s shape (an Input layer where the dialect's Caffe
+    has one, else net-level ``input``), in ``dialect`` (None: BVLC). A
     protoseg graph is written as the net it came from, in its own fork (``example_input`` is not needed, and a
     ``dialect`` other than None must read that net alike). ``name`` names the net.
     """

@@ -65,6 +65,36 @@ class NetBuilder:
             self.conditions.append(text)
 
 
+def declare_inputs(netparam, fork: str) -> None:
+    """Declare the net's inputs as ``fork``'s Caffe reads them (:attr:`protoseg.forks.Fork.inputs`): Input
+    layers stay for BVLC and NVCaffe; the forks taken before 2016 have no Input layer (nor ``input_param``: its
+    field number means something else in DeepLab v2's), so there they become net-level ``input`` with
+    ``input_shape``, or with four ``input_dim`` for DeepLab v1 and DeconvNet."""
+    from protoseg.errors import ProtosegError, quote
+    from protoseg.forks import get
+
+    style = get(fork).inputs
+    if style == "layer":
+        return
+    kept = [lp for lp in netparam.layer if lp.type != "Input"]
+    for lp in netparam.layer:
+        if lp.type != "Input":
+            continue
+        shapes = list(lp.input_param.shape)
+        for i, top in enumerate(lp.top):
+            dims = list(shapes[i if len(shapes) > 1 else 0].dim) if shapes else []
+            if style == "dim" and len(dims) != 4:
+                raise ProtosegError(f"input {quote(top)} has {len(dims)} axes, but {get(fork).title} declares "
+                                    "inputs by four input_dim (N, C, H, W)")
+            netparam.input.append(top)
+            if style == "dim":
+                netparam.input_dim.extend(dims)
+            else:
+                netparam.input_shape.add().dim.extend(dims)
+    del netparam.layer[:]
+    netparam.layer.extend(kept)
+
+
 def _fill(message, values: dict) -> None:
     """Set protobuf fields from a dict (repeated fields from lists, enums by name, nested dicts recursively)."""
     for key, value in values.items():

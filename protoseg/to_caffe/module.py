@@ -1,8 +1,8 @@
 """Any fx-traceable module of known layers -> a Caffe net: trace, then one emitter per node, in graph order.
 
 Only nodes that the outputs depend on are written (a dangling top would become an extra output of the Caffe
-net); shape arithmetic (``x.shape[-2:]`` feeding a resize) becomes no layer. The input is an Input layer
-``data`` of the example's shape (several inputs keep the forward's argument names).
+net); shape arithmetic (``x.shape[-2:]`` feeding a resize) becomes no layer. The input is ``data`` of
+the example's shape (several inputs keep the forward's argument names), declared as the dialect's Caffe reads it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from torch import fx, nn
 
 from protoseg.errors import ProtosegError, ProtosegWarning, UnsupportedLayerError, quote
-from protoseg.to_caffe.builder import NetBuilder
+from protoseg.to_caffe.builder import NetBuilder, declare_inputs
 from protoseg.to_caffe.context import Context
 from protoseg.to_caffe.ops import lookup, supported_modules
 from protoseg.to_caffe.trace import Opaque, evaluating, trace
@@ -62,6 +62,7 @@ def convert(module: nn.Module, inputs: Sequence[torch.Tensor], dialect: str, nam
         if out not in ctx.tops:
             raise UnsupportedLayerError(f"output {quote(out.name)} of the module is no tensor; Caffe nets output "
                                         "blobs")
+    declare_inputs(builder.netparam, dialect)
     if builder.conditions:
         warnings.warn(f"the Caffe net equals {type(module).__name__} only at some input sizes, the example's among "
                       f"them: {'; '.join(builder.conditions)}", ProtosegWarning, stacklevel=4)

@@ -9,14 +9,17 @@ every layer that shares them, each in the shape the prototxt implies (the shape 
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from torch import fx
 
-from protoseg.errors import ProtosegError, quote
+from protoseg.errors import ProtosegError, ProtosegWarning, quote
 from protoseg.forks import FORKS
 from protoseg.ir import Net, build_net
 from protoseg.layers.base import converter_for
 from protoseg.proto import caffe_pb2
+from protoseg.to_caffe.builder import declare_inputs
 from protoseg.to_caffe.ops import array
 
 SOURCE_KEY = "caffe_source"
@@ -81,6 +84,11 @@ def from_graph(gm: fx.GraphModule, dialect: str | None, name: str | None):
             arrays.append(value)
         if arrays:
             blobs[layer.name] = arrays
+    declare_inputs(netparam, dialect or fork)
+    if not FORKS[dialect or fork].reads_v2:
+        warnings.warn(f"{FORKS[dialect or fork].title} reads V1 prototxts (layers {{}}) only; the V2 net written here "
+                      "is read alike by protoseg (and by a later Caffe that has its layers), not by that Caffe",
+                      ProtosegWarning, stacklevel=3)
     return netparam, blobs
 
 
