@@ -138,6 +138,18 @@ class Heads(nn.Module):
         return probs, probs.argmax(1, keepdim=True)
 
 
+class Cropped(nn.Module):
+    """FCN's head: upsample past the input, then crop back to its size at fixed offsets (by shape and by size())."""
+
+    def __init__(self):
+        super().__init__()
+        self.score = nn.Conv2d(3, 4, 3, padding=20)
+        self.up = nn.ConvTranspose2d(4, 4, 4, stride=2, bias=False)
+
+    def forward(self, x):
+        return self.up(self.score(x))[:, :, 9:9 + x.shape[2], 9:9 + x.size(3)]
+
+
 def _reference_check(module: nn.Module, tmp_path: Path, channels: int, sizes, dialect: str | None) -> None:
     """Write at the first size; at every size, ``protoseg verify`` of the files against the module's outputs."""
     torch.manual_seed(0)
@@ -162,6 +174,7 @@ CASES = [
     pytest.param(Grouped, 6, [(11, 11), (16, 23)], None, id="depthwise-grouped"),
     pytest.param(Decoder, 4, [(7, 7), (10, 13)], "bvlc", id="deconvolution"),
     pytest.param(Heads, 4, [(16, 16), (21, 30)], "bvlc", id="pooling-heads"),
+    pytest.param(Cropped, 3, [(12, 15), (17, 10)], "bvlc", id="crop-to-input"),
 ]
 
 
@@ -273,6 +286,15 @@ class _FloorPool(nn.Module):
         return self.pool(x)
 
 
+class _PaddedCrop(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=2)
+
+    def forward(self, x):
+        return self.conv(x)[..., 1:1 + x.shape[2], 1:1 + x.shape[3]]
+
+
 class _Flow(nn.Module):
     def forward(self, x):
         return x if x.sum() > 0 else -x
@@ -300,6 +322,12 @@ REFUSED = [
     pytest.param(_Wrap(lambda x: torch.cat([x, x], 1) * x.sum((2, 3), keepdim=True).repeat(1, 2, 1, 1)), (9, 9),
                  "bvlc", "node 'sum_1' \\(Tensor.sum\\): has no Caffe layer", id="unknown-method"),
     pytest.param(_Flow(), (9, 9), "bvlc", "cannot be traced by torch.fx", id="untraceable"),
+    pytest.param(_Wrap(lambda x: x[:, :, 1:5]), (9, 9), "bvlc", "node 'getitem' .*the size of no tensor",
+                 id="crop-to-a-number"),
+    pytest.param(_Wrap(lambda x: x[:, :, ::2]), (9, 9), "bvlc", "slices with a step", id="strided-slice"),
+    pytest.param(_Wrap(lambda x: x[:, 0]), (9, 9), "bvlc", "indexes with int", id="integer-index"),
+    pytest.param(_Wrap(lambda x: x[1:]), (9, 9), "bvlc", "slices the batch axis", id="batch-slice"),
+    pytest.param(_PaddedCrop(), (9, 9), "deeplab-v2", "DeepLab v2's Caffe has no Crop layer", id="crop-deeplab-v2"),
 ]
 
 
@@ -308,6 +336,25 @@ REFUSED = [
 def test_refusals_name_the_node(module, hw, dialect, message) -> None:
     with pytest.raises(UnsupportedLayerError, match=message):
         to_caffe(module.eval(), torch.randn(1, 3, *hw), dialect=dialect)
+
+
+def test_crop_to_a_blob_of_that_size_holds_at_the_example_size_only(tmp_path: Path) -> None:
+    """A slice whose size is a tensor's only at this input size (here the pooled map's) is written as a Crop
+    to that tensor, and the conversion says so; offsets differ per axis, the channel axis is cropped too."""
+
+    class Sliced(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.pool = nn.Conv2d(3, 2, 1), nn.MaxPool2d(2, ceil_mode=True)
+
+        def forward(self, x):
+            small = self.pool(self.conv(x))
+            return x[:, 1:3, 2:7, 3:8] + small  # 2 x 5 x 5 of the 3 x 9 x 9 input, the pooled map's size
+
+    with pytest.warns(ProtosegWarning, match="crop 'getitem' takes its size from"):
+        netparam, _ = to_caffe(Sliced().eval(), torch.randn(1, 3, 9, 9))
+    crop = next(lp for lp in netparam.layer if lp.type == "Crop" and list(lp.crop_param.offset) == [1, 2, 3])
+    assert crop.crop_param.axis == 1
 
 
 def test_floor_pooling_where_caffe_agrees_warns_for_other_sizes(tmp_path: Path) -> None:

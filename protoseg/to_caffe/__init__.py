@@ -9,14 +9,16 @@ Two sources:
   ``nn.MaxPool2d`` / ``nn.AvgPool2d`` where Caffe's rounding gives torch's sizes, ``nn.BatchNorm2d`` (BatchNorm +
   Scale; PSPNet's BN in that dialect), ReLU / LeakyReLU / PReLU / Sigmoid / Tanh, ``torch.cat``, ``+``, ``-``,
   ``*`` (Eltwise; Power with a number), global average / max pooling, bilinear ``align_corners=True`` resizes
-  (Interp; a bilinear Deconvolution in BVLC Caffe), ``nn.Dropout``, softmax, ``argmax(keepdim=True)``.
+  (Interp; a bilinear Deconvolution in BVLC Caffe), slices to another tensor's size (Crop, BVLC only:
+  :mod:`protoseg.to_caffe.crop`), ``nn.Dropout``, softmax, ``argmax(keepdim=True)``.
 
 Nothing is approximated: a node Caffe cannot compute as torch does raises
 :class:`~protoseg.errors.UnsupportedLayerError` naming the node and the reason. Where Caffe matches torch only at
 some input sizes (a floor-mode pooling, a resize by a factor), a :class:`~protoseg.errors.ProtosegWarning` says
 at which; the example input's size is always one of them.
 
-Dialects: ``bvlc`` (BVLC Caffe 1.0: no Interp), ``deeplab-v2`` (adds Interp) and ``pspnet`` (adds its BN layer).
+Dialects: ``bvlc`` (BVLC Caffe 1.0: no Interp), ``deeplab-v2`` (adds Interp; no Input or Crop layer, so inputs
+are declared at net level) and ``pspnet`` (as DeepLab v2, plus its BN layer).
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ def on(*keys: Any) -> Callable[[Emitter], Emitter]:
 
 
 def lookup(ctx: Context, node: fx.Node) -> Emitter | None:
-    from protoseg.to_caffe import layers, resize  # noqa: F401  (importing them registers their emitters)
+    from protoseg.to_caffe import crop, layers, resize  # noqa: F401  (importing them registers their emitters)
 
     if node.op == "call_module":
         return MODULES.get(type(ctx.module(node)))
@@ -52,7 +52,7 @@ def lookup(ctx: Context, node: fx.Node) -> Emitter | None:
 
 
 def supported_modules() -> list[str]:
-    from protoseg.to_caffe import layers, resize  # noqa: F401
+    from protoseg.to_caffe import crop, layers, resize  # noqa: F401
 
     return sorted(f"nn.{cls.__name__}" for cls in MODULES)
 

@@ -104,7 +104,7 @@ def trace(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[fx.Graph
 
 # -- where a size comes from ----------------------------------------------------------------------------------
 
-def _shape_of(node: Any) -> fx.Node | None:
+def shape_of(node: Any) -> fx.Node | None:
     """``t`` for a node computing ``t.shape`` or ``t.size()``."""
     if not isinstance(node, fx.Node):
         return None
@@ -115,12 +115,12 @@ def _shape_of(node: Any) -> fx.Node | None:
     return None
 
 
-def _dim_of(node: Any, ndim: int) -> tuple[fx.Node, int] | None:
+def dim_of(node: Any, ndim: int) -> tuple[fx.Node, int] | None:
     """``(t, axis)`` for a node computing ``t.shape[axis]`` or ``t.size(axis)`` (axis made non-negative)."""
     if not isinstance(node, fx.Node):
         return None
     if node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[1], int):
-        t = _shape_of(node.args[0])
+        t = shape_of(node.args[0])
         return (t, node.args[1] % ndim) if t is not None else None
     if node.op == "call_method" and node.target == "size" and len(node.args) == 2 and isinstance(node.args[1], int):
         return node.args[0], node.args[1] % ndim
@@ -131,13 +131,13 @@ def spatial_source(size: Any) -> fx.Node | None:
     """The 4-D tensor whose height and width ``size`` (an argument of a resize) is, if it is one: ``t.shape[2:]``,
     ``t.shape[-2:]``, ``t.size()[2:]`` or ``(t.shape[2], t.shape[3])`` and the like. None for anything else."""
     if isinstance(size, fx.Node) and size.op == "call_function" and size.target is operator.getitem:
-        t, index = _shape_of(size.args[0]), size.args[1]
+        t, index = shape_of(size.args[0]), size.args[1]
         if t is not None and isinstance(index, slice) and index.step in (None, 1) and index.stop is None \
                 and index.start in (2, -2):
             return t
         return None
     if isinstance(size, (tuple, list)) and len(size) == 2:
-        dims = [_dim_of(s, 4) for s in size]
+        dims = [dim_of(s, 4) for s in size]
         if all(dims) and dims[0][0] is dims[1][0] and (dims[0][1], dims[1][1]) == (2, 3):
             return dims[0][0]
     return None
