@@ -397,6 +397,7 @@ class Zoo(enum.Enum):
         name="hed-bsds",
         title="HED edge detection, BSDS500",
         prototxt="hed_bsds.prototxt",
+        fork="hed",  # its Crop layers infer their offsets, as HED's Caffe did
         url="https://vcl.ucsd.edu/hed/hed_pretrained_bsds.caffemodel",
         archive_member=None,
         sha1=None,

@@ -20,6 +20,12 @@ from protoseg.errors import ProtosegWarning, quote
 from protoseg.layers.base import Bottoms, Converter, Shape, register
 
 
+#: The forks whose Caffe has ``crop_param`` (read in their caffe.proto). There a Crop without one may mean BVLC
+#: Caffe 1.0's offsets of 0 or early 2016's inferred ones, so protoseg says which it took; HED's and CRF-as-RNN's
+#: Caffe only ever inferred them.
+CROP_PARAM_FORKS = frozenset({"bvlc", "nvcaffe", "xilinx"})
+
+
 class Crop(nn.Module):
     def __init__(self, axis: int, offsets: tuple[int, ...]):
         super().__init__()
@@ -73,7 +79,7 @@ class CropConverter(Converter):
     def infer(self, shapes: Bottoms) -> list[Shape]:
         big, ref = shapes
         axis, offsets = self.resolve(shapes)
-        if self.parameterless and any(offsets):
+        if self.parameterless and any(offsets) and self.fork in CROP_PARAM_FORKS:
             warnings.warn(
                 f"{self.where + ': ' if self.where else ''}layer {quote(self.name)} (Crop) has no crop_param: "
                 f"offsets {list(offsets)} (H, W) inferred from the coordinate mapping, as the Caffe of 2016 did; "

@@ -15,13 +15,10 @@ from typing import Any
 from torch import fx
 
 from protoseg.forks import FORKS
+from protoseg.layers.crop import CROP_PARAM_FORKS
 from protoseg.to_caffe.context import Context
 from protoseg.to_caffe.ops import on
 from protoseg.to_caffe.trace import dim_of, shape_of
-
-#: The dialects whose Caffe has the Crop layer.
-CROP_DIALECTS = ("bvlc",)
-
 
 @on(operator.getitem)
 def _crop(ctx: Context, node: fx.Node) -> str:
@@ -38,7 +35,7 @@ def _crop(ctx: Context, node: fx.Node) -> str:
     axis = cropped[0]
     if axis == 0:
         raise ctx.refuse(node, "slices the batch axis; Caffe's Crop cuts the axes of each image")
-    if ctx.dialect not in CROP_DIALECTS:
+    if ctx.dialect not in CROP_PARAM_FORKS:
         raise ctx.refuse(node, f"{FORKS[ctx.dialect].title} has no Crop layer; write this module with "
                                "dialect='bvlc'")
     like = _reference(ctx, node, slices[axis:], axis, out)

@@ -60,6 +60,17 @@ def test_parameterless_crop_infers_offsets_from_the_coordinate_map(layers, offse
     np.testing.assert_array_equal(out["y"], out["big"][:, :, offset:offset + 11, offset:offset + 12])
 
 
+@pytest.mark.parametrize("fork", ["hed", "crfasrnn"])
+def test_parameterless_crop_is_silent_in_the_forks_that_only_infer(fork: str) -> None:
+    """HED's and CRF-as-RNN's Caffe have no crop_param: inferring the offsets is their only reading, not a guess."""
+    text = inputs_text({"data": (1, 1, 11, 12)}) + CONV.format("big", "Convolution", "data", "kernel_size: 3 pad: 5")
+    text += layer_text("Crop", "", ("big", "data"), ("y",))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        net = build(text, fork=fork)
+    assert net.layers[-1].converter.resolve(net.layers[-1].bottom_shapes) == (2, (4, 4))
+
+
 def test_each_layers_coordinate_map_is_asked_once(monkeypatch) -> None:
     """A deep chain with a parameterless Crop after every layer costs one map per layer, not one walk to the
     input per Crop (which was quadratic in depth)."""
