@@ -19,7 +19,6 @@ from protoseg.coordmap import crop_offsets
 from protoseg.errors import ProtosegWarning, quote
 from protoseg.layers.base import Bottoms, Converter, Shape, register
 
-
 #: The forks whose Caffe has ``crop_param`` (read in their caffe.proto). There a Crop without one may mean BVLC
 #: Caffe 1.0's offsets of 0 or early 2016's inferred ones, so protoseg says which it took; HED's and CRF-as-RNN's
 #: Caffe only ever inferred them.

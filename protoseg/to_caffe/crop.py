@@ -20,6 +20,7 @@ from protoseg.to_caffe.context import Context
 from protoseg.to_caffe.ops import on
 from protoseg.to_caffe.trace import dim_of, shape_of
 
+
 @on(operator.getitem)
 def _crop(ctx: Context, node: fx.Node) -> str:
     x, index = node.args
