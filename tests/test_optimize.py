@@ -15,8 +15,9 @@ from protoseg.graph import to_graph
 from protoseg.io.prototxt import parse_prototxt
 from protoseg.io.upgrade import upgrade_net
 from protoseg.ir import build_net
+from protoseg.layers.conv import SubPixelDeconv
 from protoseg.loader import load
-from protoseg.optimize import FusedConv, native_bf16, optimize
+from protoseg.optimize import PRECISIONS, FusedConv, native_bf16, optimize
 from protoseg.run.demo import DEMO_DIR
 from protoseg.run.predict import Segmenter
 from tests.conftest import IMAGES, need
@@ -225,6 +226,33 @@ def test_gemm_path_equals_the_convolution(monkeypatch, batch, pad, dilation, slo
         expected = expected if slope is None else torch.nn.functional.leaky_relu(expected, slope)
         torch.testing.assert_close(conv(x.contiguous(memory_format=torch.channels_last), residual), expected,
                                    rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("conv_param, sub_pixel", [
+    ("num_output: 6 kernel_size: 16 stride: 8 bias_term: false", True),  # FCN-8s's upscore8
+    ("num_output: 6 kernel_size: 4 stride: 2", True),  # FCN's upscore2, with a bias
+    ("num_output: 5 kernel_size: 6 stride: 3 pad: 2", True),  # padding crops the shuffled output
+    ("num_output: 5 kernel_h: 4 kernel_w: 6 stride: 2 pad_h: 1 pad_w: 2", True),  # rectangular
+    ("num_output: 6 kernel_size: 5 stride: 2", False),  # not a whole number of strides
+    ("num_output: 6 kernel_size: 4 stride: 2 group: 2", False),  # grouped (bilinear upsampling per channel)
+])
+def test_deconvolution_as_a_sub_pixel_convolution(conv_param: str, sub_pixel: bool) -> None:
+    """A Deconvolution whose kernel is whole strides runs as a convolution and a pixel shuffle: torch's
+    transposed convolution's values, to the rounding of each precision."""
+    text = ('input: "data" input_shape { dim: 2 dim: 6 dim: 9 dim: 11 }\n'
+            f'layer {{ name: "up" type: "Deconvolution" bottom: "data" top: "up" '
+            f'convolution_param {{ {conv_param} }} }}')
+    net = build_net(upgrade_net(parse_prototxt(text)))
+    rng = np.random.default_rng(5)
+    gm = to_graph(net, {"up": [rng.standard_normal(s).astype(np.float32) for s in net.layers[-1].blob_shapes]})
+    x = torch.randn(2, 6, 9, 11)
+    for precision, tol in (("fp32", 1e-4), ("bf16", 2 ** -7)):  # sums of ~10 O(1) products, in another order
+        fast = optimize(gm, precision=precision)
+        assert any(isinstance(m, SubPixelDeconv) for m in fast.modules()) == sub_pixel
+        with torch.no_grad():
+            expected = gm.up.to(PRECISIONS[precision])(x.to(PRECISIONS[precision])).float()
+            gm.up.float()
+            torch.testing.assert_close(fast(x), expected, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("size", [(8, 8), (7, 9)])

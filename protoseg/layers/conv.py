@@ -38,6 +38,40 @@ class ConvTranspose2d(Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding, 0, self.groups, self.dilation)
 
+    def fast(self) -> nn.Module:
+        """The module the fast graph runs instead (:mod:`protoseg.optimize`): the same values."""
+        (kh, kw), s = self.weight.shape[2:], self.stride[0]
+        if (self.groups == 1 and self.dilation == (1, 1) and self.stride == (s, s) and s > 1
+                and kh % s == 0 and kw % s == 0):
+            return SubPixelDeconv(self.weight.detach(), None if self.bias is None else self.bias.detach(), s,
+                                  self.padding)
+        return self
+
+
+class SubPixelDeconv(nn.Module):
+    """A Deconvolution whose kernel is a whole number of strides (FCN's 4/2, 16/8, 32/16, 64/32) as a convolution
+    giving each output pixel's s x s phase as channels, then a pixel shuffle: output phase (a, b) of input
+    pixel (i, j) sums kernel taps (u * s + a, v * s + b) of the inputs (i - u, j - v). The same products as
+    torch's transposed convolution, summed in another order, but as one ordinary convolution that oneDNN runs
+    1.5-9x faster than its transposed one (FCN-8s's 16 x 16 upscore8 on two cores: 34 -> 4 ms in bf16)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padding: tuple[int, int]):
+        super().__init__()
+        cin, cout, kh, kw = weight.shape
+        qh, qw = kh // stride, kw // stride
+        phases = weight.reshape(cin, cout, qh, stride, qw, stride).permute(1, 3, 5, 0, 2, 4).flip(4, 5)
+        self.register_buffer("weight", phases.reshape(cout * stride * stride, cin, qh, qw).contiguous())
+        self.register_buffer("bias", None if bias is None else bias.repeat_interleave(stride * stride))
+        self.stride, self.padding, self.taps = stride, padding, (qh, qw)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (qh, qw), (ph, pw) = self.taps, self.padding
+        y = F.pixel_shuffle(F.conv2d(x, self.weight, self.bias, 1, (qh - 1, qw - 1)), self.stride)
+        return y[:, :, ph:y.shape[2] - ph, pw:y.shape[3] - pw] if ph or pw else y
+
+    def extra_repr(self) -> str:
+        return f"stride={self.stride}, padding={self.padding}, sub-pixel convolution of {self.taps} taps"
+
 
 @register("Convolution", "Deconvolution")
 class Convolution(Converter):
