@@ -8,6 +8,7 @@ runs in the one process and torch.distributed is never touched.
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 from typing import Sequence, TypeVar
@@ -67,4 +68,14 @@ def world(device: str = "cpu") -> World:
         except (RuntimeError, ValueError) as e:
             raise ProtosegError(f"cannot join the torchrun process group ({e}); start with torchrun "
                                 "--nproc-per-node N -m protoseg ...") from None
+        atexit.register(_leave)
     return World(dist.get_rank(), dist.get_world_size())
+
+
+def _leave() -> None:
+    """Leave the process group before the interpreter ends: gloo's threads still running at teardown abort the
+    process ("terminate called without an active exception") after its work is done."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
