@@ -3,6 +3,8 @@ tests/test_fixtures.py), labels within 0.5 % in bf16 on real photos, and the fai
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -236,7 +238,7 @@ def test_gemm_path_equals_the_convolution(monkeypatch, batch, pad, dilation, slo
     ("num_output: 6 kernel_size: 5 stride: 2", False),  # not a whole number of strides
     ("num_output: 6 kernel_size: 4 stride: 2 group: 2", False),  # grouped (bilinear upsampling per channel)
 ])
-def test_deconvolution_as_a_sub_pixel_convolution(conv_param: str, sub_pixel: bool) -> None:
+def test_deconvolution_as_a_sub_pixel_convolution(conv_param: str, sub_pixel: bool, bf16_kernels: str) -> None:
     """A Deconvolution whose kernel is whole strides runs as a convolution and a pixel shuffle: torch's
     transposed convolution's values, to the rounding of each precision."""
     text = ('input: "data" input_shape { dim: 2 dim: 6 dim: 9 dim: 11 }\n'
@@ -246,13 +248,17 @@ def test_deconvolution_as_a_sub_pixel_convolution(conv_param: str, sub_pixel: bo
     rng = np.random.default_rng(5)
     gm = to_graph(net, {"up": [rng.standard_normal(s).astype(np.float32) for s in net.layers[-1].blob_shapes]})
     x = torch.randn(2, 6, 9, 11)
-    for precision, tol in (("fp32", 1e-4), ("bf16", 2 ** -7)):  # sums of ~10 O(1) products, in another order
-        fast = optimize(gm, precision=precision)
+    # sums of ~10 O(1) products in another order; bf16 also rounds both outputs (and may sum in bf16 on CPUs
+    # without its instructions), so there the bound is a few of its 8-bit steps of the largest value
+    for precision, tol in (("fp32", 1e-4), ("bf16", 2 ** -6)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ProtosegWarning)  # bf16 on a CPU without bf16 kernels
+            fast = optimize(gm, precision=precision)
         assert any(isinstance(m, SubPixelDeconv) for m in fast.modules()) == sub_pixel
         with torch.no_grad():
             expected = gm.up.to(PRECISIONS[precision])(x.to(PRECISIONS[precision])).float()
             gm.up.float()
-            torch.testing.assert_close(fast(x), expected, rtol=tol, atol=tol)
+            torch.testing.assert_close(fast(x), expected, rtol=tol, atol=tol * float(expected.abs().max()))
 
 
 @pytest.mark.parametrize("size", [(8, 8), (7, 9)])
