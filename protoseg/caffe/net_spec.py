@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from protoseg.errors import ProtosegError
-from protoseg.proto import caffe_pb2
+from protoseg.proto import assign, caffe_pb2
 
 
 def _param_fields() -> dict[str, str]:
@@ -17,32 +17,6 @@ def _param_fields() -> dict[str, str]:
     fields = caffe_pb2.LayerParameter.DESCRIPTOR.fields
     return {f.message_type.name[:-len("Parameter")]: f.name for f in fields
             if f.name.endswith("_param") and f.message_type is not None and f.message_type.name.endswith("Parameter")}
-
-
-def _assign(message: Any, name: str, value: Any) -> None:
-    """Set field ``name`` of ``message`` from a Python value: dicts fill sub-messages, lists (or a single value
-    for a repeated field) extend repeated fields, as pycaffe's ``net_spec`` does."""
-    try:
-        field = getattr(message, name)
-    except AttributeError:
-        raise ProtosegError(f"{message.DESCRIPTOR.name} has no field {name!r} in protoseg's Caffe schema (it holds "
-                            "the fields of the forks protoseg reads); leave it out of the layer") from None
-    repeated = hasattr(field, "extend")
-    if repeated and not isinstance(value, list):
-        value = [value]
-    if isinstance(value, list):
-        if value and isinstance(value[0], dict):
-            for item in value:
-                sub = field.add()
-                for k, v in item.items():
-                    _assign(sub, k, v)
-        else:
-            field.extend(value)
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            _assign(field, k, v)
-    else:
-        setattr(message, name, value)
 
 
 class Top:
@@ -94,9 +68,9 @@ class Function:
         own = _PARAM_FIELDS.get(self.type_name)
         for key, value in self.params.items():
             if key.endswith("param") or own is None or not hasattr(getattr(layer, own), key):
-                _assign(layer, key, value)  # a *_param, or a LayerParameter field such as loss_weight
+                assign(layer, key, value)  # a *_param, or a LayerParameter field such as loss_weight
             else:
-                _assign(getattr(layer, own), key, value)
+                assign(getattr(layer, own), key, value)
         layers[self] = layer
 
 

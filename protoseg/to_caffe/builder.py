@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from protoseg.proto import caffe_pb2
+from protoseg.proto import assign, caffe_pb2
 
 #: Caffe ``ParamSpec`` of a constant blob: the solver never changes it (BatchNorm statistics, fixed kernels).
 FROZEN = {"lr_mult": 0.0, "decay_mult": 0.0}
@@ -50,12 +50,13 @@ class NetBuilder:
         name = self.fresh(base)
         lp = self.netparam.layer.add(name=name, type=type_, bottom=list(bottoms), top=[top or name])
         for field, values in params.items():
-            _fill(getattr(lp, field), values)
+            assign(lp, field, values)
         if frozen:
             for i in range(len(blobs)):
                 spec = lp.param.add()
                 if frozen[i]:
-                    _fill(spec, FROZEN)
+                    for key, value in FROZEN.items():
+                        assign(spec, key, value)
         if blobs:
             self.blobs[name] = [np.array(b, dtype=np.float32, copy=True) for b in blobs]
         return top or name
@@ -93,17 +94,3 @@ def declare_inputs(netparam, fork: str) -> None:
                 netparam.input_shape.add().dim.extend(dims)
     del netparam.layer[:]
     netparam.layer.extend(kept)
-
-
-def _fill(message, values: dict) -> None:
-    """Set protobuf fields from a dict (repeated fields from lists, enums by name, nested dicts recursively)."""
-    for key, value in values.items():
-        fd = message.DESCRIPTOR.fields_by_name[key]
-        if fd.message_type is not None:
-            _fill(getattr(message, key), value)
-        elif fd.is_repeated:
-            getattr(message, key).extend(value)
-        elif fd.enum_type is not None and isinstance(value, str):
-            setattr(message, key, fd.enum_type.values_by_name[value].number)
-        else:
-            setattr(message, key, value)
