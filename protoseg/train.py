@@ -49,6 +49,15 @@ class TrainPhase(nn.Module):
     caffe_train = False
     refusal = None
 
+    @staticmethod
+    def channel_statistics(x: torch.Tensor, mean: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel mean of ``x`` (or the given ``mean``, C values) and the biased variance around it, over
+        every axis but 1: what the batch-norm layers of every fork compute in their TRAIN phase."""
+        dims = [0] + list(range(2, x.dim()))
+        mean = x.mean(dim=dims) if mean is None else mean.reshape(-1)
+        var = (x - mean.reshape([1, -1] + [1] * (x.dim() - 2))).pow(2).mean(dim=dims)
+        return mean, var
+
     def in_train_phase(self) -> bool:
         if not (self.training and self.caffe_train):
             return False

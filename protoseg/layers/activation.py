@@ -163,9 +163,13 @@ class DropoutConverter(Converter):
     preserves_coords = True
 
     def module(self, shapes: Bottoms, blobs: list) -> nn.Module:
-        ratio = self.param.dropout_param.dropout_ratio
-        m = Dropout(ratio)
-        if not 0 <= ratio < 1:
-            m.refusal = self.error(f"dropout_ratio {ratio:g} must be in [0, 1) to train (Caffe keeps each value "
-                                   "with probability 1 - dropout_ratio and scales it by 1 / (1 - dropout_ratio))")
-        return m
+        return dropout(self, self.param.dropout_param.dropout_ratio)
+
+
+def dropout(converter: Converter, ratio: float, sample_test: bool = False) -> Dropout:
+    """The Dropout module of a converter's layer; a ratio no Caffe can train with refuses the TRAIN phase."""
+    m = Dropout(ratio, sample_test)
+    if not 0 <= ratio < 1:
+        m.refusal = converter.error(f"dropout_ratio {ratio:g} must be in [0, 1) to train (Caffe keeps each value "
+                                    "with probability 1 - dropout_ratio and scales it by 1 / (1 - dropout_ratio))")
+    return m

@@ -51,7 +51,7 @@ class BatchNorm(TrainPhase):
         elif self.use_global_stats:
             mean, var = self.stored_statistics()
         else:  # Caffe's training-mode forward: biased statistics of this batch
-            mean, var = self.batch_statistics(x)
+            mean, var = self.channel_statistics(x)
         y = (x - mean.reshape(shape)) / torch.sqrt(var.reshape(shape) + self.eps)
         if self.weight is not None:
             y = y * self.weight.reshape(shape) + self.bias.reshape(shape)
@@ -62,14 +62,6 @@ class BatchNorm(TrainPhase):
         inv = torch.where(f == 0, torch.zeros_like(f), 1.0 / f)
         return self.mean * inv, self.variance * inv
 
-    @staticmethod
-    def batch_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-channel mean and biased variance over every axis but 1."""
-        dims = [0] + list(range(2, x.dim()))
-        mean = x.mean(dim=dims)
-        var = (x - mean.reshape([1, x.shape[1]] + [1] * (x.dim() - 2))).pow(2).mean(dim=dims)
-        return mean, var
-
     def train_statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The statistics the TRAIN phase normalises with; the blobs are updated in place as Caffe updates them."""
         if self.train_rule == "stored":
@@ -77,13 +69,12 @@ class BatchNorm(TrainPhase):
         m = x.numel() // x.shape[1]
         correction = m / (m - 1) if m > 1 else 1.0
         if self.train_rule == "batch":
-            mean, var = self.batch_statistics(x)
+            mean, var = self.channel_statistics(x)
             update = mean.detach()
         else:  # stored-update: the stored mean, this batch's variance around it, constant in the backward
             with torch.no_grad():
-                mean = update = self.stored_statistics()[0]
-                dims = [0] + list(range(2, x.dim()))
-                var = (x - mean.reshape([1, x.shape[1]] + [1] * (x.dim() - 2))).pow(2).mean(dim=dims)
+                mean, var = self.channel_statistics(x, self.stored_statistics()[0])
+                update = mean
         with torch.no_grad():
             self.scale_factor.mul_(self.fraction).add_(1.0)
             self.mean.mul_(self.fraction).add_(update)

@@ -40,7 +40,7 @@ class CudnnBatchNorm(BatchNorm):
     train_steps = 0  # TRAIN forwards so far: the first replaces the stored statistics
 
     def train_statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, var = self.batch_statistics(x)
+        mean, var = self.channel_statistics(x)
         m = x.numel() // x.shape[1]
         a = 1.0 if self.train_steps == 0 else 1.0 - self.fraction
         with torch.no_grad():

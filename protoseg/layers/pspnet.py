@@ -36,8 +36,7 @@ class AffineNorm(TrainPhase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.frozen or not self.in_train_phase():
             return (x - self.mean) / torch.sqrt(self.variance + self.eps) * self.slope + self.bias
-        mean = x.mean(dim=(0, 2, 3), keepdim=True)
-        var = (x - mean).pow(2).mean(dim=(0, 2, 3), keepdim=True)
+        mean, var = (s.view_as(self.mean) for s in self.channel_statistics(x))
         with torch.no_grad():
             self.mean.mul_(self.momentum).add_((1.0 - self.momentum) * mean)
             self.variance.mul_(self.momentum).add_((1.0 - self.momentum) * var)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from protoseg.coordmap import IDENTITY
-from protoseg.layers.activation import Dropout
+from protoseg.layers.activation import dropout
 from protoseg.layers.base import Bottoms, Converter, Shape, register
 from protoseg.layers.pool import scatter_by_mask
 
@@ -173,7 +173,4 @@ class SegNetDropout(Converter):
             raise self.error(f"dropout_ratio {self.ratio} must be between 0 and 1")
 
     def module(self, shapes: Bottoms, blobs: list) -> nn.Module:
-        m = Dropout(self.ratio, self.sample)
-        if not 0 <= self.ratio < 1:
-            m.refusal = self.error(f"dropout_ratio {self.ratio:g} must be in [0, 1) to train")
-        return m
+        return dropout(self, self.ratio, self.sample)
