@@ -12,6 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
+from protoseg.errors import ProtosegError, quote
+from protoseg.forks import get
 from protoseg.proto import assign, caffe_pb2
 
 #: Caffe ``ParamSpec`` of a constant blob: the solver never changes it (BatchNorm statistics, fixed kernels).
@@ -71,9 +73,6 @@ def declare_inputs(netparam, fork: str) -> None:
     layers stay for BVLC and NVCaffe; the forks taken before 2016 have no Input layer (nor ``input_param``: its
     field number means something else in DeepLab v2's), so there they become net-level ``input`` with
     ``input_shape``, or with four ``input_dim`` for DeepLab v1 and DeconvNet."""
-    from protoseg.errors import ProtosegError, quote
-    from protoseg.forks import get
-
     style = get(fork).inputs
     if style == "layer":
         return
