@@ -137,16 +137,13 @@ class FusedConv(nn.Module):
                 patches = patches.permute(0, 1, 3, 4, 2).reshape(-1, kh * kw * c)  # (row, col) x (i, j, c)
                 torch.addmm(self.bias, patches, self.weight, out=y[i, r:r_end].view(-1, outs))
         y = y.permute(0, 3, 1, 2)  # N x C x H x W, laid out channels_last
-        if residual is not None:
-            y.add_(residual)
+        return self._activate(y if residual is None else y.add_(residual))
+
+    def _activate(self, y: torch.Tensor) -> torch.Tensor:
+        """The fused ReLU, in place: ``y`` is always a tensor this layer has just made."""
         if self.relu is None:
             return y
         return F.relu_(y) if self.relu == 0 else F.leaky_relu_(y, self.relu)
-
-    def _activate(self, y: torch.Tensor) -> torch.Tensor:
-        if self.relu is None:
-            return y
-        return F.relu(y) if self.relu == 0 else F.leaky_relu(y, self.relu)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """``relu(conv(x) [+ residual])``, the residual being a shortcut join's other blob (ResNet)."""
