@@ -24,16 +24,17 @@ LARGE = 1 << 20
 
 
 def _on_tree(fn: Callable[[list[Field], random.Random], None]) -> Mutator:
-    """Lift a tree mutator to bytes; input that no longer decodes passes unchanged."""
+    """Lift a tree mutator to bytes; input that no longer decodes (a broken packed BlobShape a mutator reads
+    too) passes unchanged."""
 
     def mutator(data: bytes, rng: random.Random, others: Sequence[bytes]) -> bytes:
         if len(data) > LARGE:
             return data
         try:
             tree = wire.decode(data)
-        except ValueError:
+            fn(tree, rng)
+        except ValueError:  # the input, or a field inside it that the mutator reads, no longer decodes
             return data
-        fn(tree, rng)
         return wire.encode(tree)
 
     mutator.__name__ = fn.__name__
