@@ -18,7 +18,9 @@ It prints the median time of each, its ratio to the faster of ONNX Runtime and O
 OpenVINO bf16), the convolution GFLOP/s and the percentage of this machine's GEMM peak measured here, and each
 mode's label agreement with the faithful float32 graph; the CPU, thread count and date head the table. The
 optional engines are skipped, with a note, when not installed (``pip install onnxruntime openvino
-opencv-python-headless==4.*``; OpenCV 5 dropped its Caffe importer).
+opencv-python-headless==4.*``; OpenCV 5 dropped its Caffe importer). Like ``protoseg run`` and ``eval``, the
+script first asks glibc to keep freed memory for the next pass (:mod:`protoseg.run.memory`), which every engine
+in the process shares; ``--default-malloc`` measures without it.
 """
 
 from __future__ import annotations
@@ -216,17 +218,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--weights-dir", type=Path, default=Path(tempfile.gettempdir()) / "protoseg-bench")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc as it is (by default freed memory is kept for the next pass, "
+                             "as 'protoseg run' and 'eval' do: protoseg.run.memory)")
     args = parser.parse_args(argv)
     if not (SHARED / "fixtures").exists():
         raise SystemExit(f"{SHARED / 'fixtures'} is absent: the nets' weights are drawn from its manifests")
     torch.set_num_threads(args.threads)
+    from protoseg.run.memory import keep_freed_memory
+
+    kept = not args.default_malloc and keep_freed_memory()  # for every engine in this process alike
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     args.weights_dir.mkdir(parents=True, exist_ok=True)
     bf16 = cpu_has_bf16()
     peak = {"fp32": gemm_peak(torch.float32), "bf16": gemm_peak(torch.bfloat16) if bf16 else float("nan")}
     header = (f"{cpu_name()}, {args.threads} threads, torch {torch.__version__}, "
               f"{datetime.date.today().isoformat()}; GEMM peak measured here: fp32 {peak['fp32']:.0f} GFLOP/s"
-              + (f", bf16 {peak['bf16']:.0f} GFLOP/s" if bf16 else " (no bf16 on this CPU)"))
+              + (f", bf16 {peak['bf16']:.0f} GFLOP/s" if bf16 else " (no bf16 on this CPU)")
+              + ("; freed memory kept (protoseg.run.memory)" if kept else "; malloc as is"))
     print(header)
     results = {"machine": header, "nets": {}}
     rng = np.random.default_rng(0)

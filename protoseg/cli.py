@@ -122,7 +122,7 @@ def verify(prototxt: Path, weights: Path | None, reference: Path, defines, fork:
 
     The net is reshaped to REFERENCE's input arrays first; WEIGHTS may be left out for a net without
     parameters."""
-    from protoseg.verify import verify_files, format_report
+    from protoseg.verify import format_report, verify_files
 
     report = verify_files(prototxt, weights, reference, defines=defines, rtol=rtol, fork=fork, precision=precision)
     click.echo(json.dumps(report.to_dict(), indent=1) if as_json else format_report(report))
@@ -147,7 +147,7 @@ def verify(prototxt: Path, weights: Path | None, reference: Path, defines, fork:
 def convert(prototxt: Path, weights: Path, output: Path | None, fmt: str, defines, inputs, outputs, fork, precision,
             force) -> None:
     """Convert PROTOTXT + WEIGHTS into a model that loads in plain PyTorch."""
-    from protoseg.export import export, default_output
+    from protoseg.export import default_output, export
 
     output = output or default_output(prototxt, fmt)
     written = export(prototxt, weights, output, fmt=fmt, defines=defines, input_shapes=inputs,
@@ -245,9 +245,11 @@ def run(args, out_dir: Path, weights, defines, mean, scale, batch_size: int, wor
     (torchrun --nproc-per-node N -m protoseg run ...) each process takes every N-th image.
     """
     from protoseg.run.distributed import world as join
+    from protoseg.run.memory import keep_freed_memory
     from protoseg.run.palette import load_palette
     from protoseg.run.predict import check_free, collect_images, planned_outputs, write_prediction
 
+    keep_freed_memory()  # every image reuses the last one's pages
     world = join(device)
     seg, rest = _segmenter(args, weights, defines=defines, mean=mean, crf=crf, device=device, samples=samples,
                            seed=seed, fork=fork, precision=precision, blob=blob, threshold=threshold,
@@ -286,9 +288,11 @@ def eval_(args, dataset: Path, split: str, limit: int | None, weights, defines, 
     numbers as one process."""
     from protoseg import zoo
     from protoseg.run.distributed import world as join
+    from protoseg.run.memory import keep_freed_memory
     from protoseg.run.metrics import voc_pairs
     from protoseg.run.predict import evaluate
 
+    keep_freed_memory()
     world = join(device)
     seg, rest = _segmenter(args, weights, defines=defines, mean=mean, crf=crf, device=device, samples=samples,
                            seed=seed, fork=fork, precision=precision, blob=blob, threshold=threshold,

@@ -50,3 +50,15 @@ def fixtures_dir() -> Path:
 @pytest.fixture
 def published_dir() -> Path:
     return need(PUBLISHED)
+
+
+@pytest.fixture(autouse=True)
+def _malloc_untouched(monkeypatch) -> list[bool]:
+    """``run`` and ``eval`` change glibc's malloc for their whole process (protoseg.run.memory); in-process CLI
+    tests record the call instead, so that the test session keeps the usual allocator. tests/test_memory.py
+    checks the real thing in a child process."""
+    from protoseg.run import memory
+
+    calls: list[bool] = []
+    monkeypatch.setattr(memory, "keep_freed_memory", lambda: calls.append(True) or True)
+    return calls

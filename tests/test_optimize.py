@@ -261,14 +261,59 @@ def test_deconvolution_as_a_sub_pixel_convolution(conv_param: str, sub_pixel: bo
             torch.testing.assert_close(fast(x), expected, rtol=tol, atol=tol * float(expected.abs().max()))
 
 
-@pytest.mark.parametrize("size", [(8, 8), (7, 9)])
-@pytest.mark.parametrize("kernel", [(2, 2), (3, 2)])
-def test_tiled_max_pool_equals_the_windowed_one(size, kernel) -> None:
-    from protoseg.layers.pool import Pool2d
+SEPARABLE_POOLS = [((2, 2), (2, 2), (0, 0)), ((3, 2), (3, 2), (0, 0)), ((3, 3), (2, 2), (1, 1)),
+                   ((3, 3), (2, 2), (0, 0)), ((3, 3), (1, 1), (1, 1)), ((2, 3), (1, 2), (1, 0)), ((5, 5), (3, 3), (2, 2))]
 
-    pool = Pool2d("MAX", kernel, kernel, (0, 0), torch_exact=True)
-    x = torch.randn(2, 5, *size)
+
+@pytest.mark.parametrize("size", [(8, 8), (7, 9), (13, 2), (1, 5)])
+@pytest.mark.parametrize("kernel,stride,pad", SEPARABLE_POOLS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_separable_max_pool_equals_the_windowed_one(size, kernel, stride, pad, dtype) -> None:
+    """Every torch-exact MAX pooling, by slices (and as int16 for non-negative bf16/fp16), equals the windowed
+    kernel bit for bit, NaN included, at sizes with partial and clipped border windows."""
+    from protoseg.layers.pool import Pool2d, SeparableMaxPool, caffe_pool_size, torch_exact
+
+    if not all(torch_exact(k, s, p, any(pad)) for k, s, p in zip(kernel, stride, pad)) or min(
+            caffe_pool_size(n, k, p, s, any(pad)) for n, k, p, s in zip(size, kernel, pad, stride)) < 1:
+        pytest.skip("not a torch-exact pooling at this size")
+    pool = Pool2d("MAX", kernel, stride, pad, torch_exact=True)
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, *size).to(dtype)
     x[0, 0, 0, :2] = float("nan")
-    fast = pool.fast()
-    assert type(fast).__name__ == "TiledMaxPool"
-    torch.testing.assert_close(fast(x.contiguous(memory_format=torch.channels_last)), pool(x), equal_nan=True)
+    for nonnegative, inputs in ((False, x), (True, x.abs())):
+        fast = pool.fast(nonnegative=nonnegative)
+        assert isinstance(fast, SeparableMaxPool)
+        expected = pool(inputs)
+        for layout in (torch.channels_last, torch.contiguous_format):  # the second takes torch's kernel
+            got = fast(inputs.contiguous(memory_format=layout))
+            torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True)
+            assert got.is_contiguous(memory_format=layout)
+
+
+def test_fast_graph_knows_which_pools_see_relu_outputs() -> None:
+    """MAX pooling after a fused ReLU (and after another such pooling) compares as integers in bf16; after a
+    convolution without ReLU it does not."""
+    from protoseg.layers.pool import SeparableMaxPool
+
+    prototxt = """
+input: "data" input_shape { dim: 1 dim: 3 dim: 20 dim: 20 }
+layer { name: "c1" type: "Convolution" bottom: "data" top: "c1" convolution_param { num_output: 4 kernel_size: 3 } }
+layer { name: "r1" type: "ReLU" bottom: "c1" top: "c1" }
+layer { name: "p1" type: "Pooling" bottom: "c1" top: "p1" pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "p2" type: "Pooling" bottom: "p1" top: "p2" pooling_param { pool: MAX kernel_size: 2 stride: 1 } }
+layer { name: "c2" type: "Convolution" bottom: "p2" top: "c2" convolution_param { num_output: 4 kernel_size: 1 } }
+layer { name: "p3" type: "Pooling" bottom: "c2" top: "p3" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+"""
+    net = build_net(upgrade_net(parse_prototxt(prototxt)))
+    rng = np.random.default_rng(1)
+    gm = to_graph(net, {layer.name: [rng.standard_normal(s).astype(np.float32) for s in layer.blob_shapes]
+                        for layer in net.layers if layer.blob_shapes})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ProtosegWarning)  # bf16 on a CPU without bf16 kernels
+        fast = optimize(gm, precision="bf16")
+    flags = {name: m.nonnegative for name, m in fast.named_modules() if isinstance(m, SeparableMaxPool)}
+    assert flags == {"p1": True, "p2": True, "p3": False}
+    x = torch.randn(1, 3, 20, 20)
+    with torch.no_grad():
+        expected, got = gm(x), fast(x)
+    torch.testing.assert_close(got, expected, rtol=2 ** -5, atol=2 ** -5 * float(expected.abs().max()))

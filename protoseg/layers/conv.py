@@ -38,8 +38,9 @@ class ConvTranspose2d(Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding, 0, self.groups, self.dilation)
 
-    def fast(self) -> nn.Module:
-        """The module the fast graph runs instead (:mod:`protoseg.optimize`): the same values."""
+    def fast(self, nonnegative: bool = False) -> nn.Module:
+        """The module the fast graph runs instead (:mod:`protoseg.optimize`): the same values (whatever the sign
+        of the input)."""
         (kh, kw), s = self.weight.shape[2:], self.stride[0]
         if (self.groups == 1 and self.dilation == (1, 1) and self.stride == (s, s) and s > 1
                 and kh % s == 0 and kw % s == 0):
@@ -93,7 +94,8 @@ class Convolution(Converter):
         if self.num_output <= 0:
             raise self.error("num_output must be positive")
         if min(self.kernel) <= 0 or min(self.stride) <= 0 or min(self.dilation) <= 0:
-            raise self.error(f"kernel {self.kernel}, stride {self.stride} and dilation {self.dilation} must be positive")
+            raise self.error(f"kernel {self.kernel}, stride {self.stride} and dilation {self.dilation} "
+                             "must be positive")
         if self.group <= 0 or self.num_output % self.group:
             raise self.error(f"num_output {self.num_output} is not divisible by group {self.group}")
 
