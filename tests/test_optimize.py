@@ -165,6 +165,48 @@ def test_shortcut_join_fuses_into_a_convolution(slope: float) -> None:
         torch.testing.assert_close(fast(x), gm(x), rtol=1e-5, atol=1e-5)
 
 
+SHORTCUT_READ_TWICE = """input: "data" input_shape { dim: 1 dim: 8 dim: 7 dim: 7 }
+layer { name: "c0" type: "Convolution" bottom: "data" top: "x" convolution_param { num_output: 8 kernel_size: 1 } }
+layer { name: "r0" type: "ReLU" bottom: "x" top: "x" }
+layer { name: "c1" type: "Convolution" bottom: "x" top: "b" convolution_param { num_output: 8 kernel_size: 1 } }
+layer { name: "sum1" type: "Eltwise" bottom: "b" bottom: "x" top: "s1" }
+layer { name: "c2" type: "Convolution" bottom: "s1" top: "d" convolution_param { num_output: 8 kernel_size: 1 } }
+layer { name: "c3" type: "Convolution" bottom: "d" top: "e" convolution_param { num_output: 8 kernel_size: 1 } }
+layer { name: "sum2" type: "Eltwise" bottom: "e" bottom: "s1" top: "s2" }
+layer { name: "sum3" type: "Eltwise" bottom: "s2" bottom: "x" top: "s3" }
+"""
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("own_input", [False, True])
+def test_a_join_overwrites_its_shortcut_only_at_its_last_use(precision: str, own_input: bool) -> None:
+    """In fp32 a join adds into the shortcut's own tensor when nothing reads it later and the fast graph made
+    it (sum2 into s1); never when a later layer reads it (sum1's x, read again by sum3), when the join's own
+    convolution reads it (as sum2's would if c2 fed it directly), or in bf16 (slower there). The outputs stay
+    the faithful graph's either way."""
+    text = SHORTCUT_READ_TWICE
+    if own_input:  # sum2's convolution reads s1 itself
+        text = "\n".join(line for line in text.splitlines() if '"c2"' not in line).replace(
+            'bottom: "d" top: "e"', 'bottom: "s1" top: "e"')
+    net = build_net(upgrade_net(parse_prototxt(text)))
+    rng = np.random.default_rng(3)
+    gm = to_graph(net, {layer.name: [rng.standard_normal(s).astype(np.float32) for s in layer.blob_shapes]
+                        for layer in net.layers if layer.blob_shapes})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ProtosegWarning)  # bf16 on a CPU without bf16 kernels
+        fast = optimize(gm, precision=precision)
+    accumulate = {name: m.accumulate for name, m in fast.named_modules() if isinstance(m, FusedConv)}
+    assert accumulate == {"r0": False, "sum1": False, "sum2": precision == "fp32" and not own_input} | (
+        {} if own_input else {"c2": False})
+    x = torch.randn(1, 8, 7, 7)
+    with torch.no_grad():
+        expected = gm(x)
+        for _ in range(2):  # the first pass must not have changed anything the second one reads
+            got = fast(x)
+            tol = 1e-5 if precision == "fp32" else 2 ** -5
+            torch.testing.assert_close(got, expected, rtol=tol, atol=tol * float(expected.abs().max()))
+
+
 def _conv(shape: tuple[int, ...], conv_param: str, after: str = "", seed: int = 2) -> torch.fx.GraphModule:
     """The faithful graph of one Convolution ``c`` (random weights) on an input of ``shape``, then ``after``."""
     dims = " ".join(f"dim: {d}" for d in shape)
