@@ -10,9 +10,9 @@ computes the same outputs with fewer, faster passes:
   with the ReLU fused (``mkldnn._convolution_pointwise``): no per-call weight reorder, no separate ReLU pass;
 * fp32 convolutions with large kernels on many channels (FCN's 7 x 7 fc6) run as matrix products of the input's
   patches and the weights, which reach more of the GEMM peak than oneDNN's direct kernels there;
-* layers with a faster equivalent for these layouts use it (``fast()``: MAX pooling as maxima of strided slices,
-  compared as integers in bf16/fp16 where the graph knows the input is a ReLU's output; Deconvolutions whose
-  kernel is whole strides as a convolution and a pixel shuffle);
+* layers with a faster equivalent for these layouts use it (``fast()``: MAX pooling as reductions of strided
+  window views, compared as integers in bf16/fp16 where the graph knows the input is a ReLU's output;
+  Deconvolutions whose kernel is whole strides as a convolution and a pixel shuffle);
 * activations stay ``channels_last`` from the first convolution to the output, so oneDNN never converts layouts
   between layers (outputs may stay channels_last too: the same N x C x H x W tensors to any reader); an fp32
   RGB image enters planar, which oneDNN's first-layer kernels read faster;

@@ -146,9 +146,9 @@ class Pool2d(nn.Module):
 
 
 class SeparableMaxPool(nn.Module):
-    """MAX pooling of channels_last activations as element-wise maxima of strided slices: the rows of each
-    window, then its columns (2k passes over shrinking data instead of k * k comparisons per output, and no
-    index plane: torch's CPU kernel writes an int64 index per output even when none is asked for).
+    """MAX pooling of channels_last activations as two reductions of strided window views: the rows of each
+    window, then its columns (2k comparisons per output instead of k * k, and no index plane: torch's CPU
+    kernel writes an int64 index per output even when none is asked for).
 
     Where that is slower than torch's kernel (float compares on overlapping windows with stride > 1, a layout
     other than channels_last, a GPU) torch's kernel runs. A bf16 or fp16 input known to be non-negative is
@@ -182,29 +182,25 @@ class SeparableMaxPool(nn.Module):
 
 def _window_max(x: torch.Tensor, dim: int, k: int, s: int, p: int, out: int) -> torch.Tensor:
     """Maxima of Caffe's pooling windows along ``dim`` of a contiguous ``x`` (windows clipped to the input; each
-    holds a pixel, as torch-exact pooling guarantees). Outputs whose windows lie inside take k - 1 element-wise
-    maxima of strided slices; the few at the borders reduce their clipped windows."""
+    holds a pixel, as torch-exact pooling guarantees). Outputs whose windows lie inside reduce a strided window
+    view of the input (one pass, vectorised along the contiguous channels); the few at the borders reduce their
+    clipped windows."""
     size = x.shape[dim]
     shape = list(x.shape)
     shape[dim] = out
     y = x.new_empty(shape)
     first = min(out, -(-p // s))  # the first output whose window starts inside the input
     last = max(first, min(out, (size + p - k) // s + 1))  # one past the last whose window ends inside
-
-    def taps(t: int) -> torch.Tensor:  # input rows s * i - p + t for the inner outputs
-        start = s * first - p + t
-        index = [slice(None)] * x.dim()
-        index[dim] = slice(start, start + s * (last - first - 1) + 1, s)
-        return x[tuple(index)]
-
     if last > first:
+        windows = x.narrow(dim, s * first - p, s * (last - first - 1) + k).unfold(dim, k, s)
         inner = y.narrow(dim, first, last - first)
-        torch.maximum(taps(0), taps(1), out=inner) if k > 1 else inner.copy_(taps(0))
-        for t in range(2, k):
-            torch.maximum(inner, taps(t), out=inner)
+        if k == 2:  # one element-wise maximum of the two taps beats a reduction over a dimension of two
+            torch.maximum(windows[..., 0], windows[..., 1], out=inner)
+        else:
+            torch.amax(windows, -1, out=inner)
     for i in [*range(first), *range(last, out)]:
         lo, hi = max(0, s * i - p), min(size, s * i - p + k)
-        y.narrow(dim, i, 1).copy_(x.narrow(dim, lo, hi - lo).amax(dim, keepdim=True))
+        torch.amax(x.narrow(dim, lo, hi - lo), dim, keepdim=True, out=y.narrow(dim, i, 1))
     return y
 
 
