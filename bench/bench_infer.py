@@ -264,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         fp32_best = min((median[n] for n in ("onnxruntime", "openvino fp32") if n in median), default=float("nan"))
         bf16_best = median.get("openvino bf16", float("nan"))
         print(f"\n{label} ({size}², {gflop:.0f} GFLOP conv+deconv){'; ' + '; '.join(notes) if notes else ''}")
-        print("| engine | median | vs best of ORT/OpenVINO (same precision) | GFLOP/s | % of GEMM peak | labels = fp32 |")
+        print("| engine | median | vs best of ORT/OpenVINO (same precision) | GFLOP/s | % of GEMM peak "
+              "| labels = fp32 |")
         print("|---|---|---|---|---|---|")
         rows = {}
         for name, t in median.items():

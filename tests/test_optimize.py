@@ -165,6 +165,20 @@ def test_shortcut_join_fuses_into_a_convolution(slope: float) -> None:
         torch.testing.assert_close(fast(x), gm(x), rtol=1e-5, atol=1e-5)
 
 
+def _random_graph(text: str, seed: int) -> torch.fx.GraphModule:
+    """The faithful graph of a prototxt with random weights for every layer that has blobs."""
+    net = build_net(upgrade_net(parse_prototxt(text)))
+    rng = np.random.default_rng(seed)
+    return to_graph(net, {layer.name: [rng.standard_normal(s).astype(np.float32) for s in layer.blob_shapes]
+                          for layer in net.layers if layer.blob_shapes})
+
+
+def _optimize_quietly(gm: torch.fx.GraphModule, precision: str) -> torch.fx.GraphModule:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ProtosegWarning)  # bf16 on a CPU without bf16 kernels
+        return optimize(gm, precision=precision)
+
+
 SHORTCUT_READ_TWICE = """input: "data" input_shape { dim: 1 dim: 8 dim: 7 dim: 7 }
 layer { name: "c0" type: "Convolution" bottom: "data" top: "x" convolution_param { num_output: 8 kernel_size: 1 } }
 layer { name: "r0" type: "ReLU" bottom: "x" top: "x" }
@@ -188,13 +202,8 @@ def test_a_join_overwrites_its_shortcut_only_at_its_last_use(precision: str, own
     if own_input:  # sum2's convolution reads s1 itself
         text = "\n".join(line for line in text.splitlines() if '"c2"' not in line).replace(
             'bottom: "d" top: "e"', 'bottom: "s1" top: "e"')
-    net = build_net(upgrade_net(parse_prototxt(text)))
-    rng = np.random.default_rng(3)
-    gm = to_graph(net, {layer.name: [rng.standard_normal(s).astype(np.float32) for s in layer.blob_shapes]
-                        for layer in net.layers if layer.blob_shapes})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ProtosegWarning)  # bf16 on a CPU without bf16 kernels
-        fast = optimize(gm, precision=precision)
+    gm = _random_graph(text, seed=3)
+    fast = _optimize_quietly(gm, precision)
     accumulate = {name: m.accumulate for name, m in fast.named_modules() if isinstance(m, FusedConv)}
     assert accumulate == {"r0": False, "sum1": False, "sum2": precision == "fp32" and not own_input} | (
         {} if own_input else {"c2": False})
@@ -354,13 +363,8 @@ layer { name: "p2" type: "Pooling" bottom: "p1" top: "p2" pooling_param { pool: 
 layer { name: "c2" type: "Convolution" bottom: "p2" top: "c2" convolution_param { num_output: 4 kernel_size: 1 } }
 layer { name: "p3" type: "Pooling" bottom: "c2" top: "p3" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
 """
-    net = build_net(upgrade_net(parse_prototxt(prototxt)))
-    rng = np.random.default_rng(1)
-    gm = to_graph(net, {layer.name: [rng.standard_normal(s).astype(np.float32) for s in layer.blob_shapes]
-                        for layer in net.layers if layer.blob_shapes})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ProtosegWarning)  # bf16 on a CPU without bf16 kernels
-        fast = optimize(gm, precision="bf16")
+    gm = _random_graph(prototxt, seed=1)
+    fast = _optimize_quietly(gm, "bf16")
     flags = {name: m.nonnegative for name, m in fast.named_modules() if isinstance(m, SeparableMaxPool)}
     assert flags == {"p1": True, "p2": True, "p3": False}
     x = torch.randn(1, 3, 20, 20)
