@@ -117,7 +117,8 @@ def load(
 ):
     """The converted net as a ``torch.fx.GraphModule`` in eval mode, weights loaded: the faithful graph (reads
     like the prototxt, every blob observable), or with ``fast`` the fast form in ``precision``
-    (``fp32``, ``bf16``, ``fp16``) on ``device``.
+    (``fp32``, ``bf16``, ``fp16``) on ``device``. A process that runs it on many large images should also call
+    :func:`protoseg.run.memory.keep_freed_memory` once, as ``protoseg run`` does.
 
     With ``trainable`` the parameters Caffe learns (``lr_mult`` not 0) require grad and ``gm.train()`` switches
     every layer to its Caffe's TRAIN phase (batch statistics, Dropout); :func:`protoseg.train.param_groups`
