@@ -36,12 +36,13 @@ def _faults(mode: str) -> int:
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
 def test_freed_memory_is_reused_without_page_faults() -> None:
-    pages = (64 << 20) // 4096
-    assert _faults("default") > 4 * pages  # glibc maps blocks this large afresh each time
-    assert _faults("keep") < pages // 20  # the sixth pass reuses the heap
+    fresh, kept = _faults("default"), _faults("keep")
+    # glibc maps blocks this large afresh each time: ~82,000 faults a pass with 4 KiB pages (fewer where the
+    # kernel backs them with huge pages); the sixth pass with kept memory reuses the heap
+    assert fresh > 0 and kept * 10 < fresh, (fresh, kept)
 
 
-def test_run_and_eval_keep_freed_memory(_malloc_untouched, tmp_path) -> None:
+def test_the_run_command_keeps_freed_memory(_malloc_untouched, tmp_path) -> None:
     from protoseg.cli import main
     from protoseg.run.demo import DEMO_DIR
 
