@@ -260,6 +260,7 @@ def optimize(gm: fx.GraphModule, *, precision: str = "fp32", device: str | torch
     # a join's convolution is emitted at the join, once the other blob exists: skip its chain until then
     replaced: set[fx.Node] = {n for conv, _, _ in joins.values() for n in folds[conv][3]}
     nonnegative: set[fx.Node] = set()  # new nodes whose values are known to be >= 0 (what a layer's fast() may use)
+    made: set[fx.Node] = set()  # new nodes whose tensors a fused convolution makes (never an input's)
     calls = collections.Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
 
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
@@ -274,17 +275,16 @@ def optimize(gm: fx.GraphModule, *, precision: str = "fp32", device: str | torch
              accumulate: bool = False) -> None:
         weight, bias, own_relu, chain = folds[conv]
         name = last.target.replace(".", "_")
-        root.add_module(name, FusedConv(weight, bias, modules[conv.target], relu if relu is not None else own_relu,
-                                        dtype, device, accumulate=accumulate))
+        relu = relu if relu is not None else own_relu
+        root.add_module(name, FusedConv(weight, bias, modules[conv.target], relu, dtype, device,
+                                        accumulate=accumulate))
         new = graph.call_module(name, args)
         new.meta.update(last.meta, fused=[n.meta.get("caffe_layer") for n in chain + covered])
         replaced.update(chain + covered)
         env[last] = new
-        if root.get_submodule(name).relu == 0:
+        made.add(new)
+        if relu == 0:
             nonnegative.add(new)
-
-    def root_module(value: fx.Node) -> nn.Module | None:
-        return root.get_submodule(value.target) if value.op == "call_module" else None
 
     for node in gm.graph.nodes:
         if node in replaced:
@@ -303,9 +303,8 @@ def optimize(gm: fx.GraphModule, *, precision: str = "fp32", device: str | torch
         if node in joins:
             conv, other, fused = joins[node]
             relu = float(modules[fused[-1].target].negative_slope) if len(fused) == 2 else None
-            made_here = isinstance(root_module(env[other]), FusedConv)  # a tensor the fast graph made, not an input
             emit(conv, (env[conv.args[0]], env[other]), fused[-1], relu, fused,
-                 accumulate=made_here and last_use(other, node))
+                 accumulate=env[other] in made and last_use(other, node))
             continue
         new = graph.node_copy(node, lambda n: env[n])
         if node.op == "call_module" and node.target not in dict(root.named_children()):
