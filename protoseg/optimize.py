@@ -75,10 +75,15 @@ class FusedConv(nn.Module):
     TAPS_MAX_KERNEL, TAPS_INPUTS_PER_PLANE = 25, 4
     #: An fp32 convolution with a kernel of this many taps or more, on many channels, runs as matrix products of
     #: the input's patches and the weights (im2col): on FCN's 7 x 7 fc6 over a 22 x 22 map oneDNN's direct
-    #: kernel reaches ~55 % of the GEMM peak and the product ~80 % (1.4x faster); the 3 x 3 layers and all bf16
-    #: (AMX) convolutions are faster direct. Patches are gathered a block of output rows at a time, at most
+    #: kernel reaches ~55 % of the GEMM peak on an AVX-512 Xeon and the product ~80 %; the 3 x 3 layers and all
+    #: bf16 (AMX) convolutions are faster direct. Patches are gathered a block of output rows at a time, at most
     #: GEMM_MAX_PATCHES values, so a large map costs bounded memory.
     GEMM_MIN_TAPS, GEMM_MIN_CHANNELS, GEMM_MAX_PATCHES = 25, 64, 1 << 24
+    #: A 1 x 1 fp32 convolution on this many input channels (a fully connected layer made convolutional: FCN's
+    #: fc7) is the same matrix product with the input itself as the patches: oneDNN's 1 x 1 kernel falls to
+    #: ~30 % of the GEMM peak there on AVX2 (4096 -> 4096 channels on 14 x 14 to 32 x 32 maps), its inner
+    #: product stays at ~90-100 %.
+    GEMM_MIN_INPUTS_1X1 = 4096
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, conv: Conv2d, relu: float | None,
                  dtype: torch.dtype, device: torch.device, accumulate: bool = False):
@@ -95,13 +100,14 @@ class FusedConv(nn.Module):
         self.taps = (kh, kw) if (self.packed and out < self.TAPS_BELOW and 1 < kh * kw <= self.TAPS_MAX_KERNEL
                                  and inputs >= self.TAPS_INPUTS_PER_PLANE * out * kh * kw
                                  and self.groups == 1 and self.stride == [1, 1]) else None
-        self.gemm = (kh, kw) if (self.packed and dtype == torch.float32 and kh * kw >= self.GEMM_MIN_TAPS
-                                 and min(inputs, out) >= self.GEMM_MIN_CHANNELS
+        wide = (kh * kw >= self.GEMM_MIN_TAPS and min(inputs, out) >= self.GEMM_MIN_CHANNELS) or (
+            kh * kw == 1 and inputs >= self.GEMM_MIN_INPUTS_1X1)
+        self.gemm = (kh, kw) if (self.packed and dtype == torch.float32 and wide
                                  and self.groups == 1 and self.stride == [1, 1]) else None
         if self.taps is not None:  # tap-major: channel (i * kw + j) * out + o holds w[o, :, i, j]
             weight = weight.permute(2, 3, 0, 1).reshape(kh * kw * out, -1, 1, 1)
-        if self.gemm is not None:  # a (kh * kw * inputs) x out matrix, rows in the patches' (i, j, c) order
-            weight = weight.permute(2, 3, 1, 0).reshape(-1, out)
+        if self.gemm is not None:  # an out x (kh * kw * inputs) matrix, columns in the patches' (i, j, c) order
+            weight = weight.permute(0, 2, 3, 1).reshape(out, -1)
         self.register_buffer("weight", weight.to(device, dtype).contiguous(
             memory_format=torch.contiguous_format if self.gemm else torch.channels_last))
         self.register_buffer("bias", bias.to(device, dtype))
@@ -132,22 +138,33 @@ class FusedConv(nn.Module):
         return y.to(x.dtype)
 
     def _by_gemm(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        """The convolution as oneDNN inner products of patch rows and the weight matrix (its brgemm kernels
+        reach ~95 % of the GEMM peak on these shapes, MKL's sgemm 70-85 %)."""
         (kh, kw), (ph, pw), (dh, dw) = self.gemm, self.padding, self.dilation
         x = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
         n, c, h, w = x.shape
         span_h, span_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
         out_h, out_w, outs = h - span_h + 1, w - span_w + 1, self.bias.numel()
-        rows = max(1, self.GEMM_MAX_PATCHES // (out_w * c * kh * kw))
+        # a 1 x 1 kernel's patches are the channels_last input itself: no copy, so no need for blocks
+        rows = out_h if kh * kw == 1 else max(1, self.GEMM_MAX_PATCHES // (out_w * c * kh * kw))
+        attr, scalars = self._post_op() if residual is None else ("none", [])
         nhwc = x.permute(0, 2, 3, 1)
-        y = x.new_empty((n, out_h, out_w, outs))
+        pieces = []
         for i in range(n):
             for r in range(0, out_h, rows):
                 r_end = min(out_h, r + rows)
                 patches = nhwc[i, r:r_end + span_h - 1].unfold(0, span_h, 1).unfold(1, span_w, 1)[..., ::dh, ::dw]
                 patches = patches.permute(0, 1, 3, 4, 2).reshape(-1, kh * kw * c)  # (row, col) x (i, j, c)
-                torch.addmm(self.bias, patches, self.weight, out=y[i, r:r_end].view(-1, outs))
-        y = y.permute(0, 3, 1, 2)  # N x C x H x W, laid out channels_last
-        return self._activate(y if residual is None else y.add_(residual))
+                pieces.append(torch.ops.mkldnn._linear_pointwise(patches, self.weight, self.bias, attr, scalars, ""))
+        y = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+        y = y.view(n, out_h, out_w, outs).permute(0, 3, 1, 2)  # N x C x H x W, laid out channels_last
+        return y if residual is None else self._activate(y.add_(residual))
+
+    def _post_op(self) -> tuple[str, list[float]]:
+        """The fused ReLU as oneDNN's post-op name and scalars."""
+        if self.relu is None:
+            return "none", []
+        return ("relu", []) if self.relu == 0 else ("leaky_relu", [self.relu])
 
     def _activate(self, y: torch.Tensor) -> torch.Tensor:
         """The fused ReLU, in place: ``y`` is always a tensor this layer has just made."""
@@ -160,8 +177,7 @@ class FusedConv(nn.Module):
         if self.gemm is not None:
             return self._by_gemm(x, residual)
         if self.taps is None and self.packed:
-            attr, scalars = ("none", []) if self.relu is None else (
-                ("relu", []) if self.relu == 0 else ("leaky_relu", [self.relu]))
+            attr, scalars = self._post_op()
             args = (self._layout(tuple(x.shape)), self.bias, self.padding, self.stride, self.dilation, self.groups)
             if residual is None:
                 return torch.ops.mkldnn._convolution_pointwise(x, *args, attr, scalars, "")

@@ -248,6 +248,8 @@ def test_tap_path_only_where_it_pays(inputs: int, outputs: int, kernel: int, tap
     (64, 64, 3, "fp32", False),  # 3 x 3: oneDNN's direct kernel is faster
     (3, 64, 7, "fp32", False),  # few inputs (ResNet's conv1)
     (64, 64, 7, "bf16", False),  # bf16 (AMX): direct is faster
+    (4096, 8, 1, "fp32", True),  # FCN's fc7: a fully connected layer made a 1 x 1 convolution
+    (2048, 8, 1, "fp32", False),  # ResNet's 1 x 1 convolutions: oneDNN's 1 x 1 kernel is as fast
 ])
 def test_gemm_path_only_where_it_pays(inputs: int, outputs: int, kernel: int, precision: str, gemm: bool) -> None:
     gm = _conv((1, inputs, 16, 16), f"num_output: {outputs} kernel_size: {kernel}")
@@ -255,25 +257,27 @@ def test_gemm_path_only_where_it_pays(inputs: int, outputs: int, kernel: int, pr
     assert (conv.gemm is not None) == (gemm and conv.packed)
 
 
-@pytest.mark.parametrize("batch, pad, dilation, slope, rows", [
-    (1, 0, 1, 0.0, None), (2, 3, 2, 0.1, None), (2, 1, 1, None, 2), (1, 2, 3, 0.0, 1)])
-def test_gemm_path_equals_the_convolution(monkeypatch, batch, pad, dilation, slope, rows) -> None:
+@pytest.mark.parametrize("inputs, kernel, batch, pad, dilation, slope, rows", [
+    (64, 5, 1, 0, 1, 0.0, None), (64, 5, 2, 3, 2, 0.1, None), (64, 5, 2, 1, 1, None, 2), (64, 5, 1, 2, 3, 0.0, 1),
+    (4096, 1, 2, 0, 1, 0.0, None), (4096, 1, 1, 1, 1, None, None)])
+def test_gemm_path_equals_the_convolution(monkeypatch, inputs, kernel, batch, pad, dilation, slope, rows) -> None:
     """Patches in blocks of ``rows`` output rows (as on a large map) give the whole product; padding, dilation,
-    the batch, the fused ReLU and a shortcut join's residual all keep the faithful graph's values."""
-    span = dilation * 4 + 1
+    the batch, the fused ReLU and a shortcut join's residual all keep the faithful graph's values; a 1 x 1
+    kernel takes the input itself as its patches."""
+    span = dilation * (kernel - 1) + 1
     relu = "" if slope is None else (f'layer {{ name: "r" type: "ReLU" bottom: "c" top: "c" '
                                      f'relu_param {{ negative_slope: {slope} }} }}')
-    gm = _conv((batch, 64, span + 4, span + 6), f"num_output: 72 kernel_size: 5 pad: {pad} dilation: {dilation}",
-               relu)
+    gm = _conv((batch, inputs, span + 4, span + 6),
+               f"num_output: 72 kernel_size: {kernel} pad: {pad} dilation: {dilation}", relu)
     fast = optimize(gm)
     conv = next(m for m in fast.modules() if isinstance(m, FusedConv))
     if not conv.packed:
         pytest.skip("no oneDNN here")
-    assert conv.gemm == (5, 5)
+    assert conv.gemm == (kernel, kernel)
     if rows is not None:
         out_w = span + 6 + 2 * pad - span + 1
-        monkeypatch.setattr(conv, "GEMM_MAX_PATCHES", rows * out_w * 64 * 25)
-    x = torch.randn(batch, 64, span + 4, span + 6)
+        monkeypatch.setattr(conv, "GEMM_MAX_PATCHES", rows * out_w * inputs * kernel * kernel)
+    x = torch.randn(batch, inputs, span + 4, span + 6)
     with torch.no_grad():
         torch.testing.assert_close(fast(x), gm(x), rtol=1e-4, atol=1e-4)
         residual = torch.randn_like(gm(x))
