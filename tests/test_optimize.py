@@ -334,15 +334,20 @@ def _separable_cases():
 
 @pytest.mark.parametrize("size,kernel,stride,pad", list(_separable_cases()))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_separable_max_pool_equals_the_windowed_one(size, kernel, stride, pad, dtype) -> None:
+@pytest.mark.parametrize("block_rows", [None, 1, 2])
+def test_separable_max_pool_equals_the_windowed_one(monkeypatch, size, kernel, stride, pad, dtype,
+                                                    block_rows) -> None:
     """Every torch-exact MAX pooling, by slices (and as int16 for non-negative bf16/fp16), equals the windowed
-    kernel bit for bit, NaN included, at sizes with partial and clipped border windows."""
+    kernel bit for bit, NaN included, at sizes with partial and clipped border windows, whether the output
+    rows are pooled all at once or in blocks of ``block_rows`` (windows then straddle the blocks' input rows)."""
     from protoseg.layers.pool import Pool2d, SeparableMaxPool
 
     pool = Pool2d("MAX", kernel, stride, pad, torch_exact=True)
     torch.manual_seed(0)
     x = torch.randn(2, 5, *size).to(dtype)
     x[0, 0, 0, :2] = float("nan")
+    if block_rows is not None:  # the bytes of block_rows rows of the row pass's output
+        monkeypatch.setattr(SeparableMaxPool, "BLOCK_BYTES", block_rows * x[:, :, 0].numel() * x.element_size())
     for nonnegative, inputs in ((False, x), (True, x.abs())):
         fast = pool.fast(nonnegative=nonnegative)
         assert isinstance(fast, SeparableMaxPool)

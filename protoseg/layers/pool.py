@@ -157,6 +157,11 @@ class SeparableMaxPool(nn.Module):
     maxima, as exact as torch's (NaN propagates; a NaN with its sign bit set, which no ReLU output holds, would
     lose the integer compare)."""
 
+    #: Output rows are pooled a block at a time, so that the row pass's result for the block (about this many
+    #: bytes) is still in cache when the column pass reads it: LargeFOV's pool1 as int16 on two cores 8.9 ->
+    #: 5.5 ms, FCN's fp32 pool1 19 -> 16 ms. Much smaller blocks lose more to per-call overhead than they save.
+    BLOCK_BYTES = 1 << 22
+
     def __init__(self, kernel: tuple[int, int], stride: tuple[int, int], pad: tuple[int, int], nonnegative: bool):
         super().__init__()
         self.kernel, self.stride, self.pad, self.nonnegative = kernel, stride, pad, nonnegative
@@ -168,11 +173,19 @@ class SeparableMaxPool(nn.Module):
                 or not (as_int or tiles or self.stride == (1, 1))):
             return F.max_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=True)
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.pad
-        h, w = x.shape[-2:]
+        n, c, h, w = x.shape
         clip = ph > 0 or pw > 0
+        out_h, out_w = caffe_pool_size(h, kh, ph, sh, clip), caffe_pool_size(w, kw, pw, sw, clip)
         nhwc = (x.view(torch.int16) if as_int else x).permute(0, 2, 3, 1)
-        rows = _window_max(nhwc, 1, kh, sh, ph, caffe_pool_size(h, kh, ph, sh, clip))
-        out = _window_max(rows, 2, kw, sw, pw, caffe_pool_size(w, kw, pw, sw, clip)).permute(0, 3, 1, 2)
+        out = nhwc.new_empty((n, out_h, out_w, c))
+        block = max(1, self.BLOCK_BYTES // (n * w * c * nhwc.element_size()))
+        rows = nhwc.new_empty((n, min(block, out_h), w, c))
+        for r in range(0, out_h, block):
+            r_end = min(out_h, r + block)
+            lo, hi = max(0, sh * r - ph), min(h, sh * (r_end - 1) - ph + kh)  # the input rows the block reads
+            _window_max(nhwc.narrow(1, lo, hi - lo), 1, kh, sh, ph - sh * r + lo, rows[:, :r_end - r])
+            _window_max(rows[:, :r_end - r], 2, kw, sw, pw, out[:, r:r_end])
+        out = out.permute(0, 3, 1, 2)
         return out.view(x.dtype) if as_int else out
 
     def extra_repr(self) -> str:
@@ -180,15 +193,12 @@ class SeparableMaxPool(nn.Module):
                 + (", non-negative" if self.nonnegative else ""))
 
 
-def _window_max(x: torch.Tensor, dim: int, k: int, s: int, p: int, out: int) -> torch.Tensor:
-    """Maxima of Caffe's pooling windows along ``dim`` of a contiguous ``x`` (windows clipped to the input; each
-    holds a pixel, as torch-exact pooling guarantees). Outputs whose windows lie inside take element-wise maxima
-    of the taps of a strided window view (vectorised along the contiguous channels); the few at the borders
-    reduce their clipped windows."""
-    size = x.shape[dim]
-    shape = list(x.shape)
-    shape[dim] = out
-    y = x.new_empty(shape)
+def _window_max(x: torch.Tensor, dim: int, k: int, s: int, p: int, y: torch.Tensor) -> None:
+    """Writes into ``y`` the maxima of Caffe's pooling windows along ``dim`` of ``x`` (output i's window starts
+    at s * i - p, clipped to ``x``; each holds a pixel, as torch-exact pooling guarantees). Outputs whose windows
+    lie inside take element-wise maxima of the taps of a strided window view (vectorised along the contiguous
+    channels); the few at the borders reduce their clipped windows."""
+    size, out = x.shape[dim], y.shape[dim]
     first = min(out, -(-p // s))  # the first output whose window starts inside the input
     last = max(first, min(out, (size + p - k) // s + 1))  # one past the last whose window ends inside
     if last > first:
@@ -203,7 +213,6 @@ def _window_max(x: torch.Tensor, dim: int, k: int, s: int, p: int, out: int) -> 
     for i in [*range(first), *range(last, out)]:
         lo, hi = max(0, s * i - p), min(size, s * i - p + k)
         torch.amax(x.narrow(dim, lo, hi - lo), dim, keepdim=True, out=y.narrow(dim, i, 1))
-    return y
 
 
 class GlobalPool2d(nn.Module):
