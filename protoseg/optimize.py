@@ -8,8 +8,9 @@ computes the same outputs with fewer, faster passes:
   them, folded in float64 and rounded once;
 * on CPU the convolution weights are re-laid out once for oneDNN (``mkldnn._reorder_convolution_weight``) and run
   with the ReLU fused (``mkldnn._convolution_pointwise``): no per-call weight reorder, no separate ReLU pass;
-* fp32 convolutions with large kernels on many channels (FCN's 7 x 7 fc6) run as matrix products of the input's
-  patches and the weights, which reach more of the GEMM peak than oneDNN's direct kernels there;
+* fp32 convolutions with large kernels on many channels (FCN's 7 x 7 fc6), and 1 x 1 ones on 4096 channels or
+  more (its fc7), run as oneDNN inner products of the input's patches and the weights, which reach more of the
+  GEMM peak than oneDNN's convolution kernels there;
 * layers with a faster equivalent for these layouts use it (``fast()``: MAX pooling as maxima over strided
   window views, compared as integers in bf16/fp16 where the graph knows the input is a ReLU's output;
   Deconvolutions whose kernel is whole strides as a convolution and a pixel shuffle);
