@@ -140,7 +140,7 @@ class FusedConv(nn.Module):
 
     def _by_gemm(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
         """The convolution as oneDNN inner products of patch rows and the weight matrix (its brgemm kernels
-        reach ~95 % of the GEMM peak on these shapes, MKL's sgemm 70-85 %)."""
+        reach ~95 % of the GEMM peak on these shapes on an AVX2 EPYC, MKL's sgemm 70-85 %)."""
         (kh, kw), (ph, pw), (dh, dw) = self.gemm, self.padding, self.dilation
         x = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
         n, c, h, w = x.shape
