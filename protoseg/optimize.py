@@ -182,11 +182,11 @@ class FusedConv(nn.Module):
             args = (self._layout(tuple(x.shape)), self.bias, self.padding, self.stride, self.dilation, self.groups)
             if residual is None:
                 return torch.ops.mkldnn._convolution_pointwise(x, *args, attr, scalars, "")
+            unary = None if attr == "none" else attr  # the binary ops name "no activation" None
             if self.accumulate and residual.is_contiguous(memory_format=torch.channels_last):
-                return torch.ops.mkldnn._convolution_pointwise_.binary(residual, x, *args, "add", 1.0,
-                                                                       None if attr == "none" else attr, scalars, "")
-            return torch.ops.mkldnn._convolution_pointwise.binary(x, residual, *args, "add", None,
-                                                                  None if attr == "none" else attr, scalars, "")
+                return torch.ops.mkldnn._convolution_pointwise_.binary(residual, x, *args, "add", 1.0, unary,
+                                                                       scalars, "")
+            return torch.ops.mkldnn._convolution_pointwise.binary(x, residual, *args, "add", None, unary, scalars, "")
         y = self._by_taps(x) if self.taps is not None else F.conv2d(x, self.weight, self.bias, self.stride,
                                                                     self.padding, self.dilation, self.groups)
         return self._activate(y if residual is None else y + residual)

@@ -153,13 +153,14 @@ class SeparableMaxPool(nn.Module):
     Where that is slower than torch's kernel (float compares on overlapping windows with stride > 1, a layout
     other than channels_last, a GPU) torch's kernel runs. A bf16 or fp16 input known to be non-negative is
     compared as int16: the bit patterns of non-negative floats are ordered as their values, and integer maxima
-    skip the float conversions (LargeFOV's pool1 in bf16 on two cores: 8.9 -> 2.8 ms). Values are the windowed
-    maxima, as exact as torch's (NaN propagates; a NaN with its sign bit set, which no ReLU output holds, would
-    lose the integer compare)."""
+    skip the float conversions (LargeFOV's pool1 in bf16 on two cores of an AMX Xeon: 6.96 -> 2.96 ms). Values
+    are the windowed maxima, as exact as torch's (NaN propagates; a NaN with its sign bit set, which no ReLU
+    output holds, would lose the integer compare)."""
 
     #: Output rows are pooled a block at a time, so that the row pass's result for the block (about this many
-    #: bytes) is still in cache when the column pass reads it: LargeFOV's pool1 as int16 on two cores 8.9 ->
-    #: 5.5 ms, FCN's fp32 pool1 19 -> 16 ms. Much smaller blocks lose more to per-call overhead than they save.
+    #: bytes) is still in cache when the column pass reads it (two cores of an AVX2 EPYC: LargeFOV's pool1 as
+    #: int16 8.9 -> 5.5 ms, FCN's fp32 pool1 19 -> 16 ms). Much smaller blocks lose more to per-call overhead
+    #: (each torch call starts the thread pool) than they save.
     BLOCK_BYTES = 1 << 22
 
     def __init__(self, kernel: tuple[int, int], stride: tuple[int, int], pad: tuple[int, int], nonnegative: bool):
